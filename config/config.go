@@ -1,0 +1,160 @@
+// Package config reads WireGuard configuration files in the wg-quick format
+// into one validated Config value.
+//
+// It owns parsing and validation only: it opens no sockets and resolves no
+// names (an Endpoint's host name is kept as written and resolved by the
+// backend at every connection attempt). Every error names the file, the line
+// and the key, and no error or warning ever contains the value of a key.
+//
+// What is accepted, and what was decided where wg-quick is silent:
+//
+//   - Section and key names are case-insensitive, as in wg(8). A '#' starts a
+//     comment. Blank lines are ignored.
+//   - [Interface]: PrivateKey (required), Address (one or more, comma-separated
+//     or on several lines; IPv4 and IPv6; without a prefix length an address is
+//     a single host), DNS (IP addresses; a name there is a search domain, which
+//     is ignored with a warning), MTU (default 1420), ListenPort (default 0,
+//     any free port).
+//   - [Peer] (one or more): PublicKey (required), PresharedKey, Endpoint
+//     (host:port, a host name or an IP address, IPv6 in brackets), AllowedIPs,
+//     PersistentKeepalive (seconds, or "off"). At least one peer must have an
+//     Endpoint: warren is a client and has to know where to connect.
+//   - wg-quick and wg keys that mean nothing to warren (Table, PreUp, PostUp,
+//     PreDown, PostDown, SaveConfig, FwMark) are accepted with a warning.
+//     Any other key is an error, as is a single-valued key given twice, a
+//     second [Interface] section, or a key outside a section.
+//   - A file that its group or others can read gives a warning: it holds a
+//     private key.
+package config
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+)
+
+// DefaultMTU is the MTU used when a config gives none (wg-quick's default for
+// an IPv4-and-IPv6 tunnel over an Ethernet link).
+const DefaultMTU = 1420
+
+// Config is a validated WireGuard client configuration.
+type Config struct {
+	// Path is the file the config was read from, or the name given to Parse.
+	Path      string
+	Interface Interface
+	// Peers has at least one element, and at least one peer has an Endpoint.
+	Peers []Peer
+}
+
+// Interface is the [Interface] section.
+type Interface struct {
+	PrivateKey PrivateKey
+	// Addresses are the tunnel's own addresses, with their prefix lengths
+	// (a single host when the file gave none). There is at least one.
+	Addresses []netip.Prefix
+	// DNS are the DNS servers to use inside the tunnel. It may be empty.
+	DNS []netip.Addr
+	// MTU is the tunnel's MTU; DefaultMTU when the file gave none.
+	MTU int
+	// ListenPort is the local UDP port; 0 means any free port.
+	ListenPort uint16
+}
+
+// Peer is one [Peer] section.
+type Peer struct {
+	PublicKey PublicKey
+	// PresharedKey is the zero key when the file gave none.
+	PresharedKey PresharedKey
+	// Endpoint is where to send the first handshake. Its zero value means the
+	// peer has none.
+	Endpoint Endpoint
+	// AllowedIPs are masked to their prefix length.
+	AllowedIPs []netip.Prefix
+	// PersistentKeepalive is 0 when off.
+	PersistentKeepalive time.Duration
+	// Line is the line of the [Peer] header, for messages about this peer.
+	Line int
+}
+
+// Endpoint is a peer's address as written: a host name or an IP address, and
+// a port. Host names are resolved by the backend at every attempt.
+type Endpoint struct {
+	// Host is an IP address (without brackets) or a host name.
+	Host string
+	Port uint16
+}
+
+// IsZero reports whether the endpoint is unset.
+func (e Endpoint) IsZero() bool { return e.Host == "" }
+
+// String returns host:port, with an IPv6 address in brackets.
+func (e Endpoint) String() string {
+	if e.IsZero() {
+		return ""
+	}
+	return net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
+}
+
+// Addr returns the endpoint as an address and port when its host is an IP
+// address, and false when it is a host name (or unset).
+func (e Endpoint) Addr() (netip.AddrPort, bool) {
+	a, err := netip.ParseAddr(e.Host)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a, e.Port), true
+}
+
+// KeyLen is the length of every WireGuard key.
+const KeyLen = 32
+
+// PublicKey is a Curve25519 public key. It is not secret: String shows it.
+type PublicKey [KeyLen]byte
+
+// String returns the key in base64, as wg(8) shows it.
+func (k PublicKey) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
+
+// PrivateKey is a Curve25519 private key. Its String, GoString and
+// LogValue never show it; use Bytes where the key itself is needed.
+type PrivateKey [KeyLen]byte
+
+// PresharedKey is a symmetric key mixed into the handshake. Like a
+// PrivateKey, it never prints itself.
+type PresharedKey [KeyLen]byte
+
+const redacted = "(redacted)"
+
+func (PrivateKey) String() string         { return redacted }
+func (PrivateKey) GoString() string       { return redacted }
+func (PrivateKey) LogValue() slog.Value   { return slog.StringValue(redacted) }
+func (PresharedKey) String() string       { return redacted }
+func (PresharedKey) GoString() string     { return redacted }
+func (PresharedKey) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// PublicKey derives the public key that goes with k.
+func (k PrivateKey) PublicKey() PublicKey {
+	var pub PublicKey
+	curve25519.ScalarBaseMult((*[KeyLen]byte)(&pub), (*[KeyLen]byte)(&k))
+	return pub
+}
+
+// NewPrivateKey returns a new random private key, clamped as Curve25519
+// requires. It is for tests and the demo; real keys come from files.
+func NewPrivateKey() (PrivateKey, error) {
+	var k PrivateKey
+	if _, err := rand.Read(k[:]); err != nil {
+		return PrivateKey{}, err
+	}
+	k[0] &= 248
+	k[31] = (k[31] & 127) | 64
+	return k, nil
+}
+
+// IsZero reports whether no preshared key is set.
+func (k PresharedKey) IsZero() bool { return k == PresharedKey{} }
