@@ -1,0 +1,262 @@
+// Package demo runs a WireGuard server peer inside the process: its own
+// wireguard-go device over its own userspace stack, listening on loopback
+// UDP, serving a small web site and DNS inside its tunnel. `warren demo`
+// connects warren to it, and the end-to-end tests use it as the peer, so
+// both run anywhere without root, a kernel module or a network.
+//
+// Inside the tunnel the server is 10.77.0.1 and fd77::1, and its DNS server
+// answers for the name demo.warren (A and AAAA) and nothing else. The client
+// it expects is 10.77.0.2 and fd77::2. Its web site:
+//
+//	/                 a page saying which tunnel address the request came from
+//	/bytes/N          N bytes of deterministic, incompressible data (see Bytes)
+//	/upload           POST a body; the answer is its length and SHA-256
+//
+// Its UDP socket is wireguard-go's default: it listens on every interface of
+// the host, on a random port unless one is asked for. It accepts nothing but
+// handshakes made with the client key it was started with.
+package demo
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/netstack"
+)
+
+// Name is the host name the demo's DNS server answers for.
+const Name = "demo.warren"
+
+// Addresses inside the demo tunnel.
+var (
+	ServerIPv4 = netip.MustParseAddr("10.77.0.1")
+	ServerIPv6 = netip.MustParseAddr("fd77::1")
+	ClientIPv4 = netip.MustParseAddr("10.77.0.2")
+	ClientIPv6 = netip.MustParseAddr("fd77::2")
+)
+
+// MaxBytes is the largest /bytes/N the server serves.
+const MaxBytes = 1 << 32
+
+// Options configures a Server. The zero value is usable.
+type Options struct {
+	// ServerKey and ClientKey are the two sides' private keys; zero keys
+	// are generated.
+	ServerKey, ClientKey config.PrivateKey
+	// ListenPort is the server's UDP port on the host; 0 picks a free one.
+	ListenPort uint16
+	// Logger gets the server's log; nil discards it.
+	Logger *slog.Logger
+}
+
+// Server is a running demo server peer.
+type Server struct {
+	dev       *netstack.Device
+	port      uint16
+	clientCfg *config.Config
+
+	http *http.Server
+	dns  []*dns.Server
+	wg   sync.WaitGroup // the serving goroutines
+
+	closeOnce sync.Once
+}
+
+// Start starts a server. Close it when done.
+func Start(opts Options) (s *Server, err error) {
+	var zero config.PrivateKey
+	for _, k := range []*config.PrivateKey{&opts.ServerKey, &opts.ClientKey} {
+		if *k == zero {
+			if *k, err = config.NewPrivateKey(); err != nil {
+				return nil, fmt.Errorf("demo: generate key: %v", err)
+			}
+		}
+	}
+	serverCfg := &config.Config{
+		Path: "demo server",
+		Interface: config.Interface{
+			PrivateKey: opts.ServerKey,
+			Addresses:  []netip.Prefix{netip.PrefixFrom(ServerIPv4, 32), netip.PrefixFrom(ServerIPv6, 128)},
+			MTU:        config.DefaultMTU,
+			ListenPort: opts.ListenPort,
+		},
+		Peers: []config.Peer{{
+			PublicKey:  opts.ClientKey.PublicKey(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(ClientIPv4, 32), netip.PrefixFrom(ClientIPv6, 128)},
+		}},
+	}
+	dev, err := netstack.NewDevice(netstack.DeviceOptions{Config: serverCfg, Logger: opts.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	s = &Server{dev: dev}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.port, err = dev.ListenPort(); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	s.clientCfg = &config.Config{
+		Path: "demo",
+		Interface: config.Interface{
+			PrivateKey: opts.ClientKey,
+			Addresses:  []netip.Prefix{netip.PrefixFrom(ClientIPv4, 32), netip.PrefixFrom(ClientIPv6, 128)},
+			DNS:        []netip.Addr{ServerIPv4},
+			MTU:        config.DefaultMTU,
+		},
+		Peers: []config.Peer{{
+			PublicKey:  opts.ServerKey.PublicKey(),
+			Endpoint:   config.Endpoint{Host: "127.0.0.1", Port: s.port},
+			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
+			Line:       1,
+		}},
+	}
+
+	s.http = &http.Server{Handler: handler(), ReadHeaderTimeout: 10 * time.Second}
+	if opts.Logger != nil {
+		s.http.ErrorLog = slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)
+	}
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", answerDNS)
+	for _, ip := range []netip.Addr{ServerIPv4, ServerIPv6} {
+		l, err := dev.ListenTCP(netip.AddrPortFrom(ip, 80))
+		if err != nil {
+			return nil, fmt.Errorf("demo: listen HTTP: %w", err)
+		}
+		s.serve(func() error { return s.http.Serve(l) })
+
+		pc, err := dev.ListenUDP(netip.AddrPortFrom(ip, 53))
+		if err != nil {
+			return nil, fmt.Errorf("demo: listen DNS/UDP: %w", err)
+		}
+		udp := &dns.Server{PacketConn: pc, Handler: mux}
+		tl, err := dev.ListenTCP(netip.AddrPortFrom(ip, 53))
+		if err != nil {
+			pc.Close()
+			return nil, fmt.Errorf("demo: listen DNS/TCP: %w", err)
+		}
+		tcp := &dns.Server{Listener: tl, Handler: mux}
+		s.dns = append(s.dns, udp, tcp)
+		s.serve(udp.ActivateAndServe)
+		s.serve(tcp.ActivateAndServe)
+	}
+	return s, nil
+}
+
+func (s *Server) serve(f func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// ClientConfig returns a configuration with which a client connects to this
+// server: the client key, the tunnel addresses, the server's DNS, and the
+// server's endpoint on 127.0.0.1.
+func (s *Server) ClientConfig() *config.Config {
+	c := *s.clientCfg
+	c.Interface.Addresses = append([]netip.Prefix(nil), c.Interface.Addresses...)
+	c.Interface.DNS = append([]netip.Addr(nil), c.Interface.DNS...)
+	c.Peers = append([]config.Peer(nil), c.Peers...)
+	return &c
+}
+
+// Port returns the server's UDP port on the host.
+func (s *Server) Port() uint16 { return s.port }
+
+// Stats returns the server's view of its peer (the client).
+func (s *Server) Stats() ([]netstack.PeerStats, error) { return s.dev.Stats() }
+
+// Close stops the servers and the device and waits for their goroutines.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		if s.http != nil {
+			s.http.Close()
+		}
+		for _, d := range s.dns {
+			d.Shutdown()
+		}
+		s.dev.Close()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+func handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "Hello from %s, through warren's WireGuard tunnel.\n", Name)
+		fmt.Fprintf(w, "Your request came from %s, your address inside the tunnel.\n", r.RemoteAddr)
+	})
+	mux.HandleFunc("GET /bytes/{n}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
+		if err != nil || n < 0 || n > MaxBytes {
+			http.Error(w, "want /bytes/N with 0 <= N <= 4294967296", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		io.Copy(w, Bytes(n))
+	})
+	mux.HandleFunc("POST /upload", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
+	})
+	return mux
+}
+
+// Bytes returns the n bytes /bytes/n serves: a ChaCha8 stream with a fixed
+// seed, so a test can compute the same bytes (and their digest) itself.
+func Bytes(n int64) io.Reader {
+	return io.LimitReader(rand.NewChaCha8([32]byte{'w', 'a', 'r', 'r', 'e', 'n'}), n)
+}
+
+// answerDNS answers A and AAAA for Name, NXDOMAIN for any other name.
+func answerDNS(w dns.ResponseWriter, q *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(q)
+	m.Authoritative = true
+	m.RecursionAvailable = true
+	if len(q.Question) != 1 {
+		m.Rcode = dns.RcodeFormatError
+		w.WriteMsg(m)
+		return
+	}
+	question := q.Question[0]
+	if !dns.IsSubDomain(dns.Fqdn(Name), question.Name) || dns.CanonicalName(question.Name) != dns.Fqdn(Name) {
+		m.Rcode = dns.RcodeNameError
+		w.WriteMsg(m)
+		return
+	}
+	hdr := dns.RR_Header{Name: question.Name, Class: dns.ClassINET, Ttl: 60}
+	switch question.Qtype {
+	case dns.TypeA:
+		hdr.Rrtype = dns.TypeA
+		m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ServerIPv4.AsSlice()})
+	case dns.TypeAAAA:
+		hdr.Rrtype = dns.TypeAAAA
+		m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ServerIPv6.AsSlice()})
+	}
+	w.WriteMsg(m)
+}

@@ -1,0 +1,270 @@
+package netstack_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/demo"
+	"github.com/warren-vpn/warren/netstack"
+	"github.com/warren-vpn/warren/state"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// event is one report from the tunnel.
+type event struct {
+	kind     string // "up", "down", "failed", "closed"
+	endpoint string
+	cause    state.Cause
+	rec      bool
+	err      error
+}
+
+// reporter is a state.Reporter that sends what it is told on a channel.
+type reporter struct{ ch chan event }
+
+func newReporter() *reporter { return &reporter{ch: make(chan event, 16)} }
+
+func (r *reporter) Up(ep string)       { r.ch <- event{kind: "up", endpoint: ep} }
+func (r *reporter) Down(detail string) { r.ch <- event{kind: "down"} }
+func (r *reporter) Closed()            { r.ch <- event{kind: "closed"} }
+func (r *reporter) Failed(c state.Cause, rec bool, err error) {
+	r.ch <- event{kind: "failed", cause: c, rec: rec, err: err}
+}
+
+func (r *reporter) next(t *testing.T, within time.Duration) event {
+	t.Helper()
+	select {
+	case e := <-r.ch:
+		return e
+	case <-time.After(within):
+		t.Fatalf("no report within %v", within)
+		return event{}
+	}
+}
+
+// openFDs counts this process's open file descriptors, after making sure
+// the runtime's network poller (which holds two for the life of the process)
+// exists.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	if l, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		l.Close()
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count file descriptors: %v", err)
+	}
+	return len(ents)
+}
+
+// checkFDs fails the test if more than want file descriptors stay open.
+// wireguard-go closes its route listener's socket from a goroutine of its
+// own after Close returns, so this waits a little for that.
+func checkFDs(t *testing.T, want int) {
+	t.Helper()
+	var got int
+	for range 100 {
+		if got = openFDs(t); got <= want {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		t.Logf("fd %s -> %s", e.Name(), l)
+	}
+	t.Errorf("%d file descriptors open after Close, %d before", got, want)
+}
+
+func startDemo(t *testing.T) *demo.Server {
+	t.Helper()
+	s, err := demo.Start(demo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func attempt(cfg *config.Config, d time.Duration) state.Attempt {
+	return state.Attempt{Config: cfg, Deadline: time.Now().Add(d)}
+}
+
+// httpGet fetches path from the demo server through the tunnel.
+func httpGet(t *testing.T, tun *netstack.Tunnel, path string) string {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return tun.DialContext(ctx, network, netip.AddrPortFrom(demo.ServerIPv4, 80))
+		},
+	}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("http://" + demo.Name + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestTunnelConnectsDialsAndStops(t *testing.T) {
+	fds := openFDs(t)
+	srv := startDemo(t)
+	tun := netstack.NewTunnel(netstack.TunnelOptions{})
+	if _, err := tun.DialContext(context.Background(), "tcp", netip.AddrPortFrom(demo.ServerIPv4, 80)); !errors.Is(err, netstack.ErrNotConnected) {
+		t.Fatalf("dial before Up: %v", err)
+	}
+	r := newReporter()
+	tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
+	e := r.next(t, 10*time.Second)
+	if e.kind != "up" {
+		t.Fatalf("got %+v, want up", e)
+	}
+	if want := fmt.Sprintf("127.0.0.1:%d", srv.Port()); e.endpoint != want {
+		t.Errorf("endpoint %q, want %q", e.endpoint, want)
+	}
+	page := httpGet(t, tun, "/")
+	if !strings.Contains(page, demo.ClientIPv4.String()) {
+		t.Errorf("page does not show the tunnel address: %q", page)
+	}
+
+	// Stop closes the device: dialing fails, Closed is reported.
+	stop := newReporter()
+	tun.Stop(stop)
+	if e := stop.next(t, 5*time.Second); e.kind != "closed" {
+		t.Fatalf("got %+v, want closed", e)
+	}
+	if _, err := tun.DialContext(context.Background(), "tcp", netip.AddrPortFrom(demo.ServerIPv4, 80)); !errors.Is(err, netstack.ErrNotConnected) {
+		t.Fatalf("dial after Stop: %v", err)
+	}
+	tun.Close()
+	srv.Close()
+	// Nothing is left: goroutines are checked by TestMain, sockets here.
+	checkFDs(t, fds)
+}
+
+func TestTunnelHandshakeTimeout(t *testing.T) {
+	srv := startDemo(t)
+	cfg := srv.ClientConfig()
+	srv.Close() // nothing answers at the endpoint now
+	tun := netstack.NewTunnel(netstack.TunnelOptions{})
+	defer tun.Close()
+	r := newReporter()
+	begin := time.Now()
+	tun.Start(attempt(cfg, 300*time.Millisecond), r)
+	e := r.next(t, 5*time.Second)
+	if e.kind != "failed" || e.cause != state.CauseHandshakeTimeout || !e.rec {
+		t.Fatalf("got %+v, want a recoverable handshake-timeout", e)
+	}
+	if d := time.Since(begin); d < 300*time.Millisecond {
+		t.Errorf("failed after %v, before the deadline", d)
+	}
+}
+
+// A peer that completes the handshake but drops what we send (here: our
+// tunnel address is not among the server's AllowedIPs for us) is not
+// verified.
+func TestTunnelVerificationTimeout(t *testing.T) {
+	srv := startDemo(t)
+	cfg := srv.ClientConfig()
+	cfg.Interface.Addresses = []netip.Prefix{netip.MustParsePrefix("10.77.0.99/32")}
+	tun := netstack.NewTunnel(netstack.TunnelOptions{})
+	defer tun.Close()
+	r := newReporter()
+	tun.Start(attempt(cfg, 1500*time.Millisecond), r)
+	e := r.next(t, 5*time.Second)
+	if e.kind != "failed" || e.cause != state.CauseVerificationTimeout || !e.rec {
+		t.Fatalf("got %+v, want a recoverable verification-timeout", e)
+	}
+}
+
+// countingResolver resolves every name to the address it holds now.
+type countingResolver struct {
+	mu    sync.Mutex
+	addr  netip.Addr
+	calls int
+}
+
+func (c *countingResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	if !c.addr.IsValid() {
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	return []netip.Addr{c.addr}, nil
+}
+
+func TestTunnelResolvesEndpointAtEveryAttempt(t *testing.T) {
+	srv := startDemo(t)
+	cfg := srv.ClientConfig()
+	cfg.Peers[0].Endpoint.Host = "peer.example"
+	res := &countingResolver{}
+	tun := netstack.NewTunnel(netstack.TunnelOptions{Resolver: res})
+	defer tun.Close()
+
+	r := newReporter()
+	tun.Start(attempt(cfg, 2*time.Second), r)
+	e := r.next(t, 5*time.Second)
+	if e.kind != "failed" || e.cause != state.CauseEndpointResolution || !e.rec {
+		t.Fatalf("got %+v, want a recoverable endpoint-resolution", e)
+	}
+	if !strings.Contains(e.err.Error(), "peer.example") {
+		t.Errorf("error does not name the endpoint: %v", e.err)
+	}
+
+	// The name now resolves: the next attempt looks it up again and connects.
+	res.mu.Lock()
+	res.addr = netip.MustParseAddr("127.0.0.1")
+	res.mu.Unlock()
+	r = newReporter()
+	tun.Start(attempt(cfg, 5*time.Second), r)
+	e = r.next(t, 10*time.Second)
+	if e.kind != "up" {
+		t.Fatalf("got %+v, want up", e)
+	}
+	if want := fmt.Sprintf("peer.example:%d (127.0.0.1:%d)", srv.Port(), srv.Port()); e.endpoint != want {
+		t.Errorf("endpoint %q, want %q", e.endpoint, want)
+	}
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if res.calls != 2 {
+		t.Errorf("resolved %d times in 2 attempts", res.calls)
+	}
+}
+
+// A Start replaces the run before it: the old device is closed first.
+func TestTunnelStartReplacesPreviousRun(t *testing.T) {
+	srv := startDemo(t)
+	tun := netstack.NewTunnel(netstack.TunnelOptions{})
+	defer tun.Close()
+	for i := 0; i < 3; i++ {
+		r := newReporter()
+		tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
+		if e := r.next(t, 10*time.Second); e.kind != "up" {
+			t.Fatalf("attempt %d: %+v", i, e)
+		}
+	}
+	if page := httpGet(t, tun, "/"); !strings.Contains(page, "Hello") {
+		t.Fatalf("page %q", page)
+	}
+}

@@ -1,0 +1,206 @@
+// Package proxy holds warren's front-ends for applications: the gate that
+// every proxied flow goes through, and the SOCKS5 server.
+//
+// It knows nothing of WireGuard or gVisor. The gate is handed a Dialer (the
+// tunnel) and a policy (from the state machine); front-ends are handed the
+// gate, and a Resolver for names. There is no other way out: nothing in this
+// package dials the host's network, and names are never given to the host's
+// resolver.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/warren-vpn/warren/state"
+)
+
+// Dialer dials an address (never a name) through the tunnel.
+type Dialer interface {
+	DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error)
+}
+
+// Resolver resolves names through the tunnel's DNS.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Gate is the only dialer front-ends have. In Connected it dials through the
+// tunnel; in every other state it fails at once with a *state.BlockedError.
+// It implements state.Policy: leaving Connected cancels dials in progress and
+// aborts every live flow (TCP with a reset). A Gate starts blocked.
+type Gate struct {
+	tunnel Dialer
+
+	// policy is read on every dial, without a lock.
+	policy atomic.Pointer[gatePolicy]
+
+	// mu guards flows, and orders registering a flow against cutting them
+	// all: a flow registers under the policy it was opened under, and is
+	// refused if that policy has been replaced.
+	mu    sync.Mutex
+	flows map[*flow]struct{}
+}
+
+var _ state.Policy = (*Gate)(nil)
+
+// gatePolicy is one period during which the gate is open, or blocked.
+type gatePolicy struct {
+	blocked error // nil when open
+	// ctx is cancelled when this period ends; dials made in it watch it.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// flow is one live flow: what to abort when the gate closes.
+type flow struct {
+	abort func()
+}
+
+// NewGate returns a blocked gate that dials through tunnel once opened.
+func NewGate(tunnel Dialer) *Gate {
+	g := &Gate{tunnel: tunnel, flows: make(map[*flow]struct{})}
+	g.policy.Store(newGatePolicy(state.Snapshot{State: state.Disconnected}.Blocked()))
+	return g
+}
+
+func newGatePolicy(blocked error) *gatePolicy {
+	p := &gatePolicy{blocked: blocked}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p
+}
+
+// Apply opens the gate in Connected and blocks it otherwise. Leaving
+// Connected aborts every live flow before Apply returns.
+func (g *Gate) Apply(s state.Snapshot) error {
+	blocked := s.Blocked()
+	old := g.policy.Load()
+	if old.blocked == nil && blocked == nil {
+		return nil // still open: live flows carry on
+	}
+	g.policy.Store(newGatePolicy(blocked))
+	old.cancel()
+	g.mu.Lock()
+	flows := g.flows
+	g.flows = make(map[*flow]struct{})
+	g.mu.Unlock()
+	for f := range flows {
+		f.abort()
+	}
+	return nil
+}
+
+// Blocked returns nil when the gate is open, and otherwise the
+// *state.BlockedError a flow would get.
+func (g *Gate) Blocked() error { return g.policy.Load().blocked }
+
+// Flows returns the number of live flows.
+func (g *Gate) Flows() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.flows)
+}
+
+// DialContext dials to through the tunnel if the gate is open, and returns a
+// connection that is aborted when the gate closes. Closing it ends the flow.
+func (g *Gate) DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error) {
+	p := g.policy.Load()
+	if p.blocked != nil {
+		return nil, p.blocked
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(p.ctx, cancel)
+	defer stop()
+	c, err := g.tunnel.DialContext(ctx, network, to)
+	if err != nil {
+		if p.ctx.Err() != nil {
+			return nil, g.Blocked() // the gate closed while dialing
+		}
+		return nil, err
+	}
+	f := &flow{abort: func() { abort(c) }}
+	if err := g.register(p, f); err != nil {
+		abort(c)
+		return nil, err
+	}
+	return &flowConn{Conn: c, g: g, f: f}, nil
+}
+
+// Track registers a connection the gate does not make, such as a client's
+// connection to a proxy, so that it too is aborted when the gate closes. It
+// fails with the gate's *state.BlockedError if the gate is closed. release
+// ends the tracking; call it when the connection is done with.
+func (g *Gate) Track(c net.Conn) (release func(), err error) {
+	f := &flow{abort: func() { abort(c) }}
+	if err := g.register(g.policy.Load(), f); err != nil {
+		return nil, err
+	}
+	return func() { g.unregister(f) }, nil
+}
+
+// errReopened refuses a flow opened while the gate was open, if the gate
+// closed and opened again before the flow registered: the tunnel it was
+// opened through is gone.
+var errReopened = fmt.Errorf("%w: the tunnel reconnected while the flow was opened", state.ErrBlocked)
+
+func (g *Gate) register(p *gatePolicy, f *flow) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch cur := g.policy.Load(); {
+	case cur.blocked != nil:
+		return cur.blocked
+	case cur != p:
+		return errReopened
+	}
+	g.flows[f] = struct{}{}
+	return nil
+}
+
+func (g *Gate) unregister(f *flow) {
+	g.mu.Lock()
+	delete(g.flows, f)
+	g.mu.Unlock()
+}
+
+// flowConn is a connection made by the gate.
+type flowConn struct {
+	net.Conn
+	g    *Gate
+	f    *flow
+	once sync.Once
+}
+
+func (c *flowConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.g.unregister(c.f) })
+	return err
+}
+
+// CloseWrite half-closes a TCP flow, if the connection supports it.
+func (c *flowConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("proxy: connection cannot half-close")
+}
+
+// abort ends c at once: a TCP connection with a reset rather than a FIN, so
+// that the other end sees the flow was cut, not finished.
+func abort(c io.Closer) {
+	switch c := c.(type) {
+	case interface{ Abort() }:
+		c.Abort()
+	case *net.TCPConn:
+		c.SetLinger(0)
+		c.Close()
+	default:
+		c.Close()
+	}
+}

@@ -1,0 +1,368 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	socks5 "github.com/things-go/go-socks5"
+	"github.com/things-go/go-socks5/statute"
+
+	"github.com/warren-vpn/warren/state"
+)
+
+// Defaults for SOCKS5's optional fields.
+const (
+	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultDialTimeout      = 30 * time.Second
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// SOCKS5 is a SOCKS5 server (RFC 1928) whose every flow goes through a Gate.
+//
+// CONNECT is supported with IPv4, IPv6 and domain-name addresses; names are
+// resolved by Resolver, through the tunnel. While the gate is blocked, every
+// request is answered at once with reply 0x02 (connection not allowed by
+// ruleset) and its connection closed. BIND and UDP ASSOCIATE are answered
+// 0x07 (command not supported). A client that sends anything but SOCKS5 is
+// disconnected; other clients are not affected.
+//
+// The protocol itself is github.com/things-go/go-socks5's, with its name
+// resolution (which would use the host's resolver) and its dialing (which
+// would use the host's network) replaced.
+type SOCKS5 struct {
+	// Gate is how flows leave. Required.
+	Gate *Gate
+	// Resolver resolves names in CONNECT requests. If nil, requests by name
+	// fail with reply 0x04 (host unreachable).
+	Resolver Resolver
+	// Logger gets one debug line per request; nil discards.
+	Logger *slog.Logger
+	// HandshakeTimeout bounds the time from accepting a connection to the
+	// end of the SOCKS5 request; 0 means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds resolving and connecting; 0 means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+
+	initOnce sync.Once
+	srv      *socks5.Server
+	log      *slog.Logger
+
+	// mu guards the fields below.
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closed    bool
+	handlers  sync.WaitGroup
+}
+
+func (s *SOCKS5) init() {
+	s.initOnce.Do(func() {
+		s.log = s.Logger
+		if s.log == nil {
+			s.log = slog.New(slog.DiscardHandler)
+		}
+		s.log = s.log.With("component", "socks5")
+		s.listeners = make(map[net.Listener]struct{})
+		s.conns = make(map[net.Conn]struct{})
+		s.srv = socks5.NewServer(
+			socks5.WithResolver(keepNames{}),
+			socks5.WithRule(gateRule{s.Gate}),
+			socks5.WithConnectHandle(s.connect),
+			socks5.WithAssociateHandle(notSupported),
+			socks5.WithBindHandle(notSupported),
+			socks5.WithDial(func(context.Context, string, string) (net.Conn, error) {
+				return nil, errors.New("proxy: no dialing outside the gate")
+			}),
+			socks5.WithLogger(socksLogger{s.log}),
+		)
+	})
+}
+
+// Serve accepts connections on l and serves each in its own goroutine. It
+// owns l and closes it. It returns ErrServerClosed after Shutdown or Close,
+// or the error that made Accept fail.
+func (s *SOCKS5) Serve(l net.Listener) error {
+	s.init()
+	if !s.track(l, nil) {
+		l.Close()
+		return ErrServerClosed
+	}
+	defer s.untrack(l, nil)
+	defer l.Close()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			if !transientAcceptError(err) {
+				return err
+			}
+			// Out of file descriptors, or a client gave up during accept:
+			// wait a little and go on serving, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !s.track(nil, c) {
+			c.Close()
+			return ErrServerClosed
+		}
+		go s.serveConn(c)
+	}
+}
+
+func (s *SOCKS5) serveConn(c net.Conn) {
+	defer s.handlers.Done()
+	defer s.untrack(nil, c)
+	timeout := s.HandshakeTimeout
+	if timeout == 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	if err := s.srv.ServeConn(c); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("request failed", "client", c.RemoteAddr().String(), "err", err)
+	}
+}
+
+// transientAcceptError reports whether an Accept error passes by itself.
+func transientAcceptError(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS)
+}
+
+// track adds a listener or a connection to the server's sets, unless the
+// server is closed. A connection counts as a running handler.
+func (s *SOCKS5) track(l net.Listener, c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if l != nil {
+		s.listeners[l] = struct{}{}
+	}
+	if c != nil {
+		s.conns[c] = struct{}{}
+		s.handlers.Add(1)
+	}
+	return true
+}
+
+func (s *SOCKS5) untrack(l net.Listener, c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.listeners, l)
+	delete(s.conns, c)
+}
+
+func (s *SOCKS5) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Shutdown stops accepting, closes every client connection (ending their
+// flows) and waits for their handlers to return, or for ctx to end.
+func (s *SOCKS5) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.handlers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close is Shutdown without waiting.
+func (s *SOCKS5) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// connect handles CONNECT: dial through the gate, answer, relay.
+func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) error {
+	client, ok := w.(net.Conn)
+	if !ok {
+		return fmt.Errorf("proxy: CONNECT on a %T, not a connection", w)
+	}
+	dest := req.DestAddr
+	timeout := s.DialTimeout
+	if timeout == 0 {
+		timeout = DefaultDialTimeout
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	target, err := s.dial(dctx, dest)
+	cancel()
+	var release func()
+	if err == nil {
+		if release, err = s.Gate.Track(client); err != nil {
+			target.Close()
+		}
+	}
+	if err != nil {
+		rep := replyCode(err)
+		s.log.Debug("connect refused", "client", client.RemoteAddr().String(), "to", dest.Address(), "reply", rep, "err", err)
+		if werr := socks5.SendReply(w, rep, nil); werr != nil {
+			return werr
+		}
+		return nil // answered; ServeConn closes the connection
+	}
+	defer release()
+	defer target.Close()
+	s.log.Debug("connect", "client", client.RemoteAddr().String(), "to", dest.Address())
+	if err := socks5.SendReply(w, statute.RepSuccess, boundAddr(target)); err != nil {
+		return err
+	}
+	client.SetDeadline(time.Time{})
+	return relay(client, req.Reader, target)
+}
+
+// dial resolves dest if it is a name and dials it through the gate, trying
+// each address in turn.
+func (s *SOCKS5) dial(ctx context.Context, dest *statute.AddrSpec) (net.Conn, error) {
+	if err := s.Gate.Blocked(); err != nil {
+		return nil, err // refuse before resolving anything
+	}
+	port := uint16(dest.Port)
+	if dest.FQDN == "" {
+		ip, ok := netip.AddrFromSlice(dest.IP)
+		if !ok {
+			return nil, fmt.Errorf("proxy: bad address %v", dest.IP)
+		}
+		return s.Gate.DialContext(ctx, "tcp", netip.AddrPortFrom(ip.Unmap(), port))
+	}
+	if s.Resolver == nil {
+		return nil, &net.DNSError{Err: "no resolver for names", Name: dest.FQDN}
+	}
+	addrs, err := s.Resolver.LookupNetIP(ctx, "ip", dest.FQDN)
+	if err != nil {
+		return nil, err
+	}
+	var firstErr error
+	for _, a := range addrs {
+		c, err := s.Gate.DialContext(ctx, "tcp", netip.AddrPortFrom(a, port))
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if errors.Is(err, state.ErrBlocked) || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, firstErr
+}
+
+// replyCode maps a failure to open a flow to a SOCKS5 reply.
+func replyCode(err error) uint8 {
+	var dnsErr *net.DNSError
+	switch {
+	case errors.Is(err, state.ErrBlocked):
+		return statute.RepRuleFailure
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return statute.RepConnectionRefused
+	case errors.Is(err, syscall.ENETUNREACH):
+		return statute.RepNetworkUnreachable
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ETIMEDOUT),
+		errors.Is(err, context.DeadlineExceeded), errors.As(err, &dnsErr):
+		return statute.RepHostUnreachable
+	}
+	return statute.RepServerFailure
+}
+
+// boundAddr is the address a CONNECT reply reports: the tunnel-side local
+// address of the flow, or 0.0.0.0:0 when it has none that SOCKS5 can carry.
+func boundAddr(c net.Conn) net.Addr {
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		return a
+	}
+	return &net.TCPAddr{IP: net.IPv4zero}
+}
+
+// relay copies both ways until both are done. A direction that ends cleanly
+// half-closes the other side, or closes both if that side cannot half-close;
+// an error on either side ends both.
+func relay(client net.Conn, fromClient io.Reader, target net.Conn) error {
+	errc := make(chan error, 2)
+	pipe := func(dst net.Conn, src io.Reader) {
+		_, err := io.Copy(dst, src)
+		if err == nil {
+			cw, ok := dst.(interface{ CloseWrite() error })
+			if !ok || cw.CloseWrite() != nil {
+				client.Close()
+				target.Close()
+			}
+		}
+		errc <- err
+	}
+	go pipe(target, fromClient)
+	go pipe(client, target)
+	var first error
+	for range 2 {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			client.Close()
+			target.Close()
+		}
+	}
+	return first
+}
+
+// keepNames is a go-socks5 resolver that resolves nothing: names stay in the
+// request for connect to resolve through the tunnel.
+type keepNames struct{}
+
+func (keepNames) Resolve(ctx context.Context, name string) (context.Context, net.IP, error) {
+	return ctx, nil, nil
+}
+
+// gateRule refuses every request while the gate is blocked, which go-socks5
+// answers with reply 0x02.
+type gateRule struct{ g *Gate }
+
+func (r gateRule) Allow(ctx context.Context, req *socks5.Request) (context.Context, bool) {
+	return ctx, r.g.Blocked() == nil
+}
+
+func notSupported(ctx context.Context, w io.Writer, req *socks5.Request) error {
+	return socks5.SendReply(w, statute.RepCommandNotSupported, nil)
+}
+
+// socksLogger adapts go-socks5's logger to slog, at debug level.
+type socksLogger struct{ l *slog.Logger }
+
+func (s socksLogger) Errorf(format string, args ...any) { s.l.Debug(fmt.Sprintf(format, args...)) }
