@@ -100,6 +100,45 @@ func (r *Resolver) exchange(ctx context.Context, network string, server netip.Ad
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
+	var m *dns.Msg
+	if network == "tcp" {
+		m, err = exchangeStream(c, q)
+	} else {
+		m, err = exchangeDatagram(c, q)
+	}
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return m, err
+}
+
+// exchangeDatagram sends q as one datagram and reads datagrams until the
+// answer with q's ID comes; others are strays, skipped.
+func exchangeDatagram(c net.Conn, q *dns.Msg) (*dns.Msg, error) {
+	b, err := q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write(b); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		m := new(dns.Msg)
+		if m.Unpack(buf[:n]) == nil && m.Id == q.Id {
+			return m, nil
+		}
+	}
+}
+
+// exchangeStream sends q with TCP's length prefix and reads answers until the
+// one with q's ID comes.
+func exchangeStream(c net.Conn, q *dns.Msg) (*dns.Msg, error) {
+	// dns.Conn frames as TCP since c is not a net.PacketConn.
 	dc := &dns.Conn{Conn: c}
 	if err := dc.WriteMsg(q); err != nil {
 		return nil, err
@@ -107,12 +146,9 @@ func (r *Resolver) exchange(ctx context.Context, network string, server netip.Ad
 	for {
 		m, err := dc.ReadMsg()
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
 			return nil, err
 		}
-		if m.Id == q.Id { // else a stray answer: keep reading
+		if m.Id == q.Id {
 			return m, nil
 		}
 	}

@@ -44,18 +44,43 @@ func (f *fakeDialer) DialContext(ctx context.Context, network string, to netip.A
 	go func() {
 		defer f.wg.Done()
 		defer b.Close()
-		dc := &dns.Conn{Conn: b}
-		q, err := dc.ReadMsg()
+		// Over "udp" a message is one write, with no length prefix; over
+		// "tcp" it has TCP's two-byte prefix.
+		read, write := readDatagram, writeDatagram
+		if network == "tcp" {
+			dc := &dns.Conn{Conn: b}
+			read, write = func(net.Conn) (*dns.Msg, error) { return dc.ReadMsg() }, func(_ net.Conn, m *dns.Msg) error { return dc.WriteMsg(m) }
+		}
+		q, err := read(b)
 		if err != nil {
 			return
 		}
 		for _, m := range f.answer(network, q) {
-			if dc.WriteMsg(m) != nil {
+			if write(b, m) != nil {
 				return
 			}
 		}
 	}()
 	return a, nil
+}
+
+func readDatagram(c net.Conn) (*dns.Msg, error) {
+	buf := make([]byte, dns.MaxMsgSize)
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	m := new(dns.Msg)
+	return m, m.Unpack(buf[:n])
+}
+
+func writeDatagram(c net.Conn, m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = c.Write(b)
+	return err
 }
 
 func (f *fakeDialer) dialed() []string {
