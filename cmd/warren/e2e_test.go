@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	xproxy "golang.org/x/net/proxy"
+
+	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/demo"
+	"github.com/warren-vpn/warren/state"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testLogger logs to the test's log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// startTestApp starts warren (as `warren up` wires it) for cfg, with the
+// SOCKS5 proxy on a free loopback port, and stops it at the end of the test.
+func startTestApp(t *testing.T, cfg *config.Config) *app {
+	t.Helper()
+	a, err := startApp(appOptions{config: cfg, socks5: "127.0.0.1:0", log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	return a
+}
+
+func startDemo(t *testing.T, opts demo.Options) *demo.Server {
+	t.Helper()
+	s, err := demo.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func waitState(t *testing.T, a *app, within time.Duration, ok func(state.Snapshot) bool) state.Snapshot {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	s, err := a.machine.Wait(ctx, ok)
+	if err != nil {
+		t.Fatalf("waited %v; state is %v: %v", within, s, err)
+	}
+	return s
+}
+
+func is(st state.State) func(state.Snapshot) bool {
+	return func(s state.Snapshot) bool { return s.State == st }
+}
+
+// socksClient is an HTTP client that goes through the SOCKS5 proxy at addr,
+// sending names to the proxy unresolved (like curl --socks5-hostname).
+func socksClient(t *testing.T, addr string) *http.Client {
+	t.Helper()
+	d, err := xproxy.SOCKS5("tcp", addr, nil, &net.Dialer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{DialContext: d.(xproxy.ContextDialer).DialContext, DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+}
+
+func get(t *testing.T, c *http.Client, url string) []byte {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: read: %v", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return b
+}
+
+func digest(r io.Reader) string {
+	h := sha256.New()
+	io.Copy(h, r)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// socksConnect sends a SOCKS5 CONNECT for an IPv4 address by hand and
+// returns the reply code and how long the answer took.
+func socksConnect(t *testing.T, proxyAddr string, to netip.AddrPort) (byte, time.Duration) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	ip := to.Addr().As4()
+	req := append([]byte{5, 1, 0, 5, 1, 0, 1}, ip[:]...)
+	req = append(req, byte(to.Port()>>8), byte(to.Port()))
+	begin := time.Now()
+	if _, err := c.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 2+4)
+	if _, err := io.ReadFull(c, reply); err != nil {
+		t.Fatalf("read reply: %v", err)
+	}
+	return reply[3], time.Since(begin)
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func TestEndToEnd(t *testing.T) {
+	srv := startDemo(t, demo.Options{})
+	a := startTestApp(t, srv.ClientConfig())
+	if rep, _ := socksConnect(t, a.socks5Addr.String(), netip.AddrPortFrom(demo.ServerIPv4, 80)); rep != 0x02 {
+		t.Fatalf("before Connect: reply %#x, want 0x02", rep)
+	}
+	begin := time.Now()
+	a.machine.Connect(context.Background())
+	s := waitState(t, a, 10*time.Second, is(state.Connected))
+	t.Logf("connected in %v to %s", time.Since(begin), s.Endpoint)
+	c := socksClient(t, a.socks5Addr.String())
+
+	t.Run("page by name", func(t *testing.T) {
+		page := string(get(t, c, "http://demo.warren/"))
+		if !strings.Contains(page, demo.ClientIPv4.String()) {
+			t.Fatalf("page does not show our tunnel address: %q", page)
+		}
+	})
+	t.Run("page over IPv6", func(t *testing.T) {
+		page := string(get(t, c, "http://[fd77::1]/"))
+		if !strings.Contains(page, demo.ClientIPv6.String()) {
+			t.Fatalf("page does not show our tunnel address: %q", page)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		url  string
+		n    int64
+	}{
+		{"2 MiB by name", "http://demo.warren/bytes/2097152", 2 << 20},
+		{"1 MiB+1 by IP", "http://10.77.0.1/bytes/1048577", 1<<20 + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			begin := time.Now()
+			body := get(t, c, tc.url)
+			took := time.Since(begin)
+			if int64(len(body)) != tc.n {
+				t.Fatalf("got %d bytes, want %d", len(body), tc.n)
+			}
+			if got, want := digest(strings.NewReader(string(body))), digest(demo.Bytes(tc.n)); got != want {
+				t.Fatalf("sha256 %s, want %s", got, want)
+			}
+			t.Logf("%d bytes in %v", tc.n, took)
+		})
+	}
+	t.Run("unknown name", func(t *testing.T) {
+		_, err := c.Get("http://nowhere.warren/")
+		if err == nil || !strings.Contains(err.Error(), "host unreachable") {
+			t.Fatalf("GET of an unknown name: %v, want host unreachable", err)
+		}
+	})
+
+	// After Disconnect every CONNECT is refused with 0x02, at once.
+	a.machine.Disconnect(context.Background())
+	waitState(t, a, 5*time.Second, is(state.Disconnected))
+	var took []time.Duration
+	for range 5 {
+		rep, d := socksConnect(t, a.socks5Addr.String(), netip.AddrPortFrom(demo.ServerIPv4, 80))
+		if rep != 0x02 {
+			t.Fatalf("after Disconnect: reply %#x, want 0x02", rep)
+		}
+		took = append(took, d)
+	}
+	t.Logf("refusals after Disconnect: %v", took)
+	if m := median(took); m >= 50*time.Millisecond {
+		t.Fatalf("median refusal took %v, want under 50ms", m)
+	}
+}
+
+// A download in progress when the tunnel goes down is cut, not left hanging.
+func TestDownloadCutWhenTunnelGoesDown(t *testing.T) {
+	srv := startDemo(t, demo.Options{})
+	a := startTestApp(t, srv.ClientConfig())
+	a.machine.Connect(context.Background())
+	waitState(t, a, 10*time.Second, is(state.Connected))
+	c := socksClient(t, a.socks5Addr.String())
+	resp, err := c.Get("http://demo.warren/bytes/4294967296")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	go a.machine.Disconnect(context.Background())
+	done := make(chan error, 1)
+	var n int64
+	go func() {
+		var err error
+		n, err = io.Copy(io.Discard, resp.Body)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("the download ended cleanly after %d more bytes; want it cut", n)
+		}
+		t.Logf("download cut after %d more bytes: %v", n, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the download still hangs 10s after Disconnect")
+	}
+}
+
+// A peer that never answers keeps warren in Connecting, with growing attempt
+// numbers, refusing flows at once; when the peer comes back, warren connects.
+func TestPeerNeverAnswersThenComesBack(t *testing.T) {
+	serverKey, _ := config.NewPrivateKey()
+	clientKey, _ := config.NewPrivateKey()
+	first := startDemo(t, demo.Options{ServerKey: serverKey, ClientKey: clientKey})
+	cfg, port := first.ClientConfig(), first.Port()
+	first.Close() // nothing answers at the endpoint any more
+
+	a := startTestApp(t, cfg)
+	a.machine.Connect(context.Background())
+	s := waitState(t, a, 30*time.Second, func(s state.Snapshot) bool { return s.State == state.Connecting && s.Attempt >= 2 })
+	if s.Cause != state.CauseHandshakeTimeout {
+		t.Errorf("cause %q, want %q", s.Cause, state.CauseHandshakeTimeout)
+	}
+	var took []time.Duration
+	for range 5 {
+		rep, d := socksConnect(t, a.socks5Addr.String(), netip.AddrPortFrom(demo.ServerIPv4, 80))
+		if rep != 0x02 {
+			t.Fatalf("while connecting: reply %#x, want 0x02", rep)
+		}
+		took = append(took, d)
+	}
+	if m := median(took); m >= 50*time.Millisecond {
+		t.Fatalf("median refusal while connecting took %v, want under 50ms", m)
+	}
+	if cur := a.machine.Current(); cur.State != state.Connecting {
+		t.Fatalf("left Connecting without a peer: %v", cur)
+	}
+
+	startDemo(t, demo.Options{ServerKey: serverKey, ClientKey: clientKey, ListenPort: port})
+	begin := time.Now()
+	waitState(t, a, 30*time.Second, is(state.Connected))
+	t.Logf("connected %v after the peer came back", time.Since(begin))
+	c := socksClient(t, a.socks5Addr.String())
+	if page := string(get(t, c, "http://demo.warren/")); !strings.Contains(page, "Hello") {
+		t.Fatalf("page %q", page)
+	}
+}
+
+// Reconnecting closes flows of the old tunnel and serves new ones.
+func TestReconnect(t *testing.T) {
+	srv := startDemo(t, demo.Options{})
+	a := startTestApp(t, srv.ClientConfig())
+	a.machine.Connect(context.Background())
+	waitState(t, a, 10*time.Second, is(state.Connected))
+	before := a.machine.Current().Seq
+	a.machine.Reconnect(context.Background())
+	waitState(t, a, 10*time.Second, func(s state.Snapshot) bool { return s.State == state.Connected && s.Seq > before })
+	c := socksClient(t, a.socks5Addr.String())
+	if page := string(get(t, c, "http://demo.warren/")); !strings.Contains(page, "Hello") {
+		t.Fatalf("page %q", page)
+	}
+	if errors.Is(a.gate.Blocked(), state.ErrBlocked) {
+		t.Fatal("gate blocked while connected")
+	}
+}

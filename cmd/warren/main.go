@@ -1,0 +1,241 @@
+// Command warren is a fail-closed WireGuard client that needs no kernel
+// module: it runs a userspace WireGuard tunnel and offers it to applications
+// as a SOCKS5 proxy, refusing every flow at once unless the tunnel is
+// verified up.
+//
+// This file holds the command line: flags, environment, subcommands. The
+// wiring is in app.go; the logic is in the packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/demo"
+	"github.com/warren-vpn/warren/state"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// shutdownTimeout bounds a clean stop after SIGINT or SIGTERM.
+const shutdownTimeout = 10 * time.Second
+
+const usage = `warren: a fail-closed WireGuard client that needs no kernel module
+
+Usage:
+  warren up -c FILE [flags]   connect with a wg-quick config and serve the proxy
+  warren demo [flags]         connect to an in-process demo peer and serve the proxy
+  warren check -c FILE        validate a config
+  warren version              print version information
+
+Run 'warren COMMAND -h' for a command's flags. Every flag can also be set
+with an environment variable: --socks5 is WARREN_SOCKS5, --config is
+WARREN_CONFIG; a flag on the command line wins over its variable.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run runs the command line args and returns the exit code. ctx ends when
+// the process is asked to stop.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, args := args[0], args[1:]
+	var err error
+	switch cmd {
+	case "up":
+		err = cmdUp(ctx, args, getenv, stderr)
+	case "demo":
+		err = cmdDemo(ctx, args, getenv, stdout, stderr)
+	case "check":
+		err = cmdCheck(args, getenv, stdout, stderr)
+	case "version":
+		printVersion(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "warren: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	}
+	fmt.Fprintf(stderr, "warren %s: %v\n", cmd, err)
+	return 1
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("warren "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func cmdUp(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	fs := newFlagSet("up", stderr)
+	var (
+		path      string
+		noConnect bool
+		pf        proxyFlags
+		lf        logFlags
+	)
+	fs.StringVar(&path, "config", "", "wg-quick config file (required)")
+	fs.StringVar(&path, "c", "", "short for --config")
+	fs.BoolVar(&noConnect, "no-connect", false, "start Disconnected: serve the proxy (refusing every flow) but do not connect")
+	pf.register(fs)
+	lf.register(fs)
+	if err := parseFlags(fs, args, getenv, "c"); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if path == "" {
+		return errors.New("no config: give -c FILE or set WARREN_CONFIG")
+	}
+	cfg, err := loadConfig(path, log)
+	if err != nil {
+		return err
+	}
+	a, err := startApp(appOptions{config: cfg, socks5: pf.socks5, probes: pf.probes, log: log})
+	if err != nil {
+		return err
+	}
+	if !noConnect {
+		if _, err := a.machine.Connect(ctx); err != nil && ctx.Err() == nil {
+			a.shutdown(context.Background())
+			return err
+		}
+	}
+	<-ctx.Done()
+	return stopApp(a, log)
+}
+
+// loadConfig reads and validates a config, logging its warnings.
+func loadConfig(path string, log *slog.Logger) (*config.Config, error) {
+	cfg, warnings, err := config.Load(path)
+	for _, w := range warnings {
+		log.Warn("config: " + w.Error())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("invalid config:\n%v", err)
+	}
+	return cfg, nil
+}
+
+// stopApp shuts the app down after a signal.
+func stopApp(a *app, log *slog.Logger) error {
+	log.Info("stopping")
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := a.shutdown(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func cmdDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("demo", stderr)
+	var (
+		pf proxyFlags
+		lf logFlags
+	)
+	pf.register(fs)
+	lf.register(fs)
+	if err := parseFlags(fs, args, getenv); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	srv, err := demo.Start(demo.Options{Logger: log.With("component", "demo-peer")})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	a, err := startApp(appOptions{config: srv.ClientConfig(), socks5: pf.socks5, probes: pf.probes, log: log})
+	if err != nil {
+		return err
+	}
+	if _, err := a.machine.Connect(ctx); err != nil && ctx.Err() == nil {
+		a.shutdown(context.Background())
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = a.machine.Wait(wctx, func(s state.Snapshot) bool { return s.State == state.Connected })
+	cancel()
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		a.shutdown(context.Background())
+		return fmt.Errorf("the demo tunnel did not come up: %v (state: %v)", err, a.machine.Current())
+	default:
+		fmt.Fprintf(stdout, "\nwarren is connected to its demo peer through a WireGuard tunnel.\n")
+		fmt.Fprintf(stdout, "Try, in another terminal:\n\n")
+		fmt.Fprintf(stdout, "    curl --socks5-hostname %s http://%s/\n\n", a.socks5Addr, demo.Name)
+		fmt.Fprintf(stdout, "Press Ctrl-C to stop.\n\n")
+	}
+	<-ctx.Done()
+	return stopApp(a, log)
+}
+
+func cmdCheck(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("check", stderr)
+	var path string
+	fs.StringVar(&path, "config", "", "wg-quick config file (required)")
+	fs.StringVar(&path, "c", "", "short for --config")
+	if err := parseFlags(fs, args, getenv, "c"); err != nil {
+		return err
+	}
+	if path == "" {
+		return errors.New("no config: give -c FILE or set WARREN_CONFIG")
+	}
+	cfg, warnings, err := config.Load(path)
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "warning: %v\n", w)
+	}
+	if err != nil {
+		return fmt.Errorf("invalid config:\n%v", err)
+	}
+	fmt.Fprintf(stdout, "%s: valid: %d address(es), %d DNS server(s), %d peer(s)\n",
+		cfg.Path, len(cfg.Interface.Addresses), len(cfg.Interface.DNS), len(cfg.Peers))
+	return nil
+}
+
+func printVersion(w io.Writer) {
+	commit := "unknown"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				commit = s.Value
+			}
+		}
+	}
+	fmt.Fprintf(w, "warren %s (commit %s, %s %s/%s)\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
