@@ -179,16 +179,7 @@ func (s *SOCKS5) isClosed() bool {
 // Shutdown stops accepting, closes every client connection (ending their
 // flows) and waits for their handlers to return, or for ctx to end.
 func (s *SOCKS5) Shutdown(ctx context.Context) error {
-	s.init()
-	s.mu.Lock()
-	s.closed = true
-	for l := range s.listeners {
-		l.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
+	s.Close()
 	done := make(chan struct{})
 	go func() {
 		s.handlers.Wait()
@@ -202,12 +193,18 @@ func (s *SOCKS5) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close is Shutdown without waiting.
+// Close stops accepting and closes every client connection, without waiting
+// for their handlers.
 func (s *SOCKS5) Close() error {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := s.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
+	s.init()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.Close()
 	}
 	return nil
 }
