@@ -28,9 +28,11 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/warren-vpn/warren/config"
 	"github.com/warren-vpn/warren/netstack"
@@ -64,6 +66,7 @@ type Options struct {
 // Server is a running demo server peer.
 type Server struct {
 	dev       *netstack.Device
+	bind      *blackholeBind
 	port      uint16
 	clientCfg *config.Config
 
@@ -97,11 +100,12 @@ func Start(opts Options) (s *Server, err error) {
 			AllowedIPs: []netip.Prefix{netip.PrefixFrom(ClientIPv4, 32), netip.PrefixFrom(ClientIPv6, 128)},
 		}},
 	}
-	dev, err := netstack.NewDevice(netstack.DeviceOptions{Config: serverCfg, Logger: opts.Logger})
+	bind := &blackholeBind{Bind: conn.NewDefaultBind()}
+	dev, err := netstack.NewDevice(netstack.DeviceOptions{Config: serverCfg, Bind: bind, Logger: opts.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	s = &Server{dev: dev}
+	s = &Server{dev: dev, bind: bind}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -126,12 +130,11 @@ func Start(opts Options) (s *Server, err error) {
 		}},
 	}
 
-	s.http = &http.Server{Handler: handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.http = &http.Server{Handler: Handler(), ReadHeaderTimeout: 10 * time.Second}
 	if opts.Logger != nil {
 		s.http.ErrorLog = slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)
 	}
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", answerDNS)
+	mux := DNSHandler(Name, ServerIPv4, ServerIPv6)
 	for _, ip := range []netip.Addr{ServerIPv4, ServerIPv6} {
 		l, err := dev.ListenTCP(netip.AddrPortFrom(ip, 80))
 		if err != nil {
@@ -197,7 +200,40 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func handler() http.Handler {
+// SetBlackhole makes the server drop every datagram it receives or would
+// send, as a peer behind a dead link would, until it is called with false.
+func (s *Server) SetBlackhole(on bool) { s.bind.drop.Store(on) }
+
+// blackholeBind is a UDP transport that can be made to drop everything.
+type blackholeBind struct {
+	conn.Bind
+	drop atomic.Bool
+}
+
+func (b *blackholeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.Bind.Open(port)
+	for i, f := range fns {
+		fns[i] = func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			for {
+				n, err := f(packets, sizes, eps)
+				if err != nil || n == 0 || !b.drop.Load() {
+					return n, err
+				}
+			}
+		}
+	}
+	return fns, actual, err
+}
+
+func (b *blackholeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if b.drop.Load() {
+		return nil
+	}
+	return b.Bind.Send(bufs, ep)
+}
+
+// Handler serves the demo's web site (see the package doc).
+func Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -232,31 +268,35 @@ func Bytes(n int64) io.Reader {
 	return io.LimitReader(rand.NewChaCha8([32]byte{'w', 'a', 'r', 'r', 'e', 'n'}), n)
 }
 
-// answerDNS answers A and AAAA for Name, NXDOMAIN for any other name.
-func answerDNS(w dns.ResponseWriter, q *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(q)
-	m.Authoritative = true
-	m.RecursionAvailable = true
-	if len(q.Question) != 1 {
-		m.Rcode = dns.RcodeFormatError
+// DNSHandler answers A and AAAA queries for name with v4 and v6, and
+// NXDOMAIN for any other name.
+func DNSHandler(name string, v4, v6 netip.Addr) dns.Handler {
+	fqdn := dns.CanonicalName(name)
+	return dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Authoritative = true
+		m.RecursionAvailable = true
+		if len(q.Question) != 1 {
+			m.Rcode = dns.RcodeFormatError
+			w.WriteMsg(m)
+			return
+		}
+		question := q.Question[0]
+		if dns.CanonicalName(question.Name) != fqdn {
+			m.Rcode = dns.RcodeNameError
+			w.WriteMsg(m)
+			return
+		}
+		hdr := dns.RR_Header{Name: question.Name, Class: dns.ClassINET, Ttl: 60}
+		switch question.Qtype {
+		case dns.TypeA:
+			hdr.Rrtype = dns.TypeA
+			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: v4.AsSlice()})
+		case dns.TypeAAAA:
+			hdr.Rrtype = dns.TypeAAAA
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: v6.AsSlice()})
+		}
 		w.WriteMsg(m)
-		return
-	}
-	question := q.Question[0]
-	if !dns.IsSubDomain(dns.Fqdn(Name), question.Name) || dns.CanonicalName(question.Name) != dns.Fqdn(Name) {
-		m.Rcode = dns.RcodeNameError
-		w.WriteMsg(m)
-		return
-	}
-	hdr := dns.RR_Header{Name: question.Name, Class: dns.ClassINET, Ttl: 60}
-	switch question.Qtype {
-	case dns.TypeA:
-		hdr.Rrtype = dns.TypeA
-		m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ServerIPv4.AsSlice()})
-	case dns.TypeAAAA:
-		hdr.Rrtype = dns.TypeAAAA
-		m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ServerIPv6.AsSlice()})
-	}
-	w.WriteMsg(m)
+	})
 }

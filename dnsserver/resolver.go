@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -35,26 +34,17 @@ const DefaultServerTimeout = 3 * time.Second
 // Resolver resolves names by asking the tunnel's DNS servers.
 type Resolver struct {
 	dial    Dialer
-	servers atomic.Pointer[[]netip.AddrPort]
+	servers func() []netip.Addr
 	// Timeout bounds one exchange with one server; 0 means
 	// DefaultServerTimeout. Set it before first use.
 	Timeout time.Duration
 }
 
-// NewResolver returns a resolver that asks servers (port 53) through d.
-func NewResolver(d Dialer, servers []netip.Addr) *Resolver {
-	r := &Resolver{dial: d}
-	r.SetServers(servers)
-	return r
-}
-
-// SetServers replaces the servers, for instance after a reload.
-func (r *Resolver) SetServers(servers []netip.Addr) {
-	aps := make([]netip.AddrPort, len(servers))
-	for i, s := range servers {
-		aps[i] = netip.AddrPortFrom(s, 53)
-	}
-	r.servers.Store(&aps)
+// NewResolver returns a resolver that asks, through d, the DNS servers (on
+// port 53) that servers returns at the time of each query: those of the
+// config the tunnel is up with.
+func NewResolver(d Dialer, servers func() []netip.Addr) *Resolver {
+	return &Resolver{dial: d, servers: servers}
 }
 
 // Exchange sends q to the servers in turn, over UDP and, if the answer is
@@ -62,12 +52,13 @@ func (r *Resolver) SetServers(servers []netip.Addr) {
 // gate that it is blocked (a *state.BlockedError) is returned as it is,
 // without trying further servers.
 func (r *Resolver) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	servers := *r.servers.Load()
+	servers := r.servers()
 	if len(servers) == 0 {
 		return nil, ErrNoServers
 	}
 	var errs []error
-	for _, s := range servers {
+	for _, addr := range servers {
+		s := netip.AddrPortFrom(addr, 53)
 		m, err := r.exchange(ctx, "udp", s, q)
 		if err == nil && m.Truncated {
 			m, err = r.exchange(ctx, "tcp", s, q)

@@ -110,10 +110,14 @@ func zone(network string, q *dns.Msg) []*dns.Msg {
 
 var servers = []netip.Addr{netip.MustParseAddr("10.64.0.1"), netip.MustParseAddr("10.64.0.2")}
 
+func fixed(addrs ...netip.Addr) func() []netip.Addr {
+	return func() []netip.Addr { return addrs }
+}
+
 func TestLookupNetIP(t *testing.T) {
 	d := &fakeDialer{answer: zone}
 	defer d.wg.Wait()
-	r := NewResolver(d, servers)
+	r := NewResolver(d, fixed(servers...))
 	tests := []struct {
 		network string
 		want    []netip.Addr
@@ -146,7 +150,7 @@ func TestLookupNetIP(t *testing.T) {
 func TestLookupNotFound(t *testing.T) {
 	d := &fakeDialer{answer: zone}
 	defer d.wg.Wait()
-	_, err := NewResolver(d, servers).LookupNetIP(context.Background(), "ip", "nowhere.example")
+	_, err := NewResolver(d, fixed(servers...)).LookupNetIP(context.Background(), "ip", "nowhere.example")
 	var de *net.DNSError
 	if !errors.As(err, &de) || !de.IsNotFound {
 		t.Fatalf("err = %v, want a not-found *net.DNSError", err)
@@ -155,7 +159,7 @@ func TestLookupNotFound(t *testing.T) {
 
 func TestLookupIPLiteralAsksNobody(t *testing.T) {
 	d := &fakeDialer{answer: zone}
-	got, err := NewResolver(d, nil).LookupNetIP(context.Background(), "ip", "2001:db8::1")
+	got, err := NewResolver(d, fixed()).LookupNetIP(context.Background(), "ip", "2001:db8::1")
 	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("2001:db8::1") {
 		t.Fatalf("got %v, %v", got, err)
 	}
@@ -167,7 +171,7 @@ func TestLookupIPLiteralAsksNobody(t *testing.T) {
 func TestLookupBlocked(t *testing.T) {
 	blocked := &state.BlockedError{State: state.Connecting}
 	d := &fakeDialer{answer: zone, blocked: blocked}
-	_, err := NewResolver(d, servers).LookupNetIP(context.Background(), "ip", "www.example")
+	_, err := NewResolver(d, fixed(servers...)).LookupNetIP(context.Background(), "ip", "www.example")
 	if !errors.Is(err, state.ErrBlocked) {
 		t.Fatalf("err = %v, want the gate's refusal", err)
 	}
@@ -175,7 +179,7 @@ func TestLookupBlocked(t *testing.T) {
 
 func TestLookupNoServers(t *testing.T) {
 	d := &fakeDialer{answer: zone}
-	_, err := NewResolver(d, nil).LookupNetIP(context.Background(), "ip", "www.example")
+	_, err := NewResolver(d, fixed()).LookupNetIP(context.Background(), "ip", "www.example")
 	if !errors.Is(err, ErrNoServers) {
 		t.Fatalf("err = %v, want ErrNoServers", err)
 	}
@@ -189,7 +193,7 @@ func TestExchangeTriesNextServer(t *testing.T) {
 		netip.AddrPortFrom(servers[0], 53): &net.OpError{Op: "dial", Err: syscall.EHOSTUNREACH},
 	}}
 	defer d.wg.Wait()
-	got, err := NewResolver(d, servers).LookupNetIP(context.Background(), "ip4", "www.example")
+	got, err := NewResolver(d, fixed(servers...)).LookupNetIP(context.Background(), "ip4", "www.example")
 	if err != nil || len(got) != 1 {
 		t.Fatalf("got %v, %v", got, err)
 	}
@@ -209,7 +213,7 @@ func TestExchangeTCPOnTruncation(t *testing.T) {
 		return []*dns.Msg{m}
 	}}
 	defer d.wg.Wait()
-	got, err := NewResolver(d, servers[:1]).LookupNetIP(context.Background(), "ip4", "www.example")
+	got, err := NewResolver(d, fixed(servers[0])).LookupNetIP(context.Background(), "ip4", "www.example")
 	if err != nil || len(got) != 1 {
 		t.Fatalf("got %v, %v", got, err)
 	}
@@ -228,7 +232,7 @@ func TestExchangeIgnoresStrayAnswer(t *testing.T) {
 		return append([]*dns.Msg{stray}, zone(network, q)...)
 	}}
 	defer d.wg.Wait()
-	got, err := NewResolver(d, servers[:1]).LookupNetIP(context.Background(), "ip4", "www.example")
+	got, err := NewResolver(d, fixed(servers[0])).LookupNetIP(context.Background(), "ip4", "www.example")
 	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("192.0.2.10") {
 		t.Fatalf("got %v, %v", got, err)
 	}
@@ -240,7 +244,7 @@ func TestExchangeTimeout(t *testing.T) {
 		return nil
 	}}
 	defer d.wg.Wait()
-	r := NewResolver(d, servers[:1])
+	r := NewResolver(d, fixed(servers[0]))
 	r.Timeout = 50 * time.Millisecond
 	_, err := r.LookupNetIP(context.Background(), "ip4", "www.example")
 	var de *net.DNSError

@@ -367,3 +367,21 @@ func (d *Device) sendKeepalive(pk config.PublicKey) {
 		p.SendKeepalive()
 	}
 }
+
+// sendHandshake makes the device send a handshake initiation to the peer
+// (wireguard-go sends at most one every 5 s).
+func (d *Device) sendHandshake(pk config.PublicKey) {
+	if p := d.wg.LookupPeer(device.NoisePublicKey(pk)); p != nil {
+		p.SendHandshakeInitiation(false)
+	}
+}
+
+// counters returns the bytes received from and sent to all peers.
+func (d *Device) counters() (rx, tx uint64, err error) {
+	stats, err := d.Stats()
+	for _, s := range stats {
+		rx += s.RxBytes
+		tx += s.TxBytes
+	}
+	return rx, tx, err
+}

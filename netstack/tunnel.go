@@ -9,9 +9,20 @@
 // business, through the tunnel's own DNS (package dnsserver). Nothing here
 // ever dials the host's network for a flow; the only host socket is the
 // WireGuard UDP socket itself.
+//
+// An attempt resolves the endpoints (a host name with several addresses
+// yields the next address at each try of the same config), creates the
+// device, and reports Up once a handshake has completed and bytes came back
+// after a probe through the tunnel: an ICMP echo and a DNS query to the
+// config's DNS servers, and an echo to each of TunnelOptions.ProbeTargets.
+// Once up, a liveness monitor watches the device's counters (see liveness)
+// and reports Down when the peer falls silent. Its probes add a handshake
+// initiation, which any WireGuard peer answers: a peer that restarted and
+// forgot the session is found again without tearing the tunnel down.
 package netstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +30,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,11 +84,18 @@ type Tunnel struct {
 	latest *run // the latest Start's run; nil after Stop
 	closed bool
 
-	wg  sync.WaitGroup         // every goroutine Start and Stop start
-	dev atomic.Pointer[Device] // the device of the run that is up, or nil
+	wg sync.WaitGroup          // every goroutine Start and Stop start
+	up atomic.Pointer[upState] // the run that is up, or nil
 }
 
 var _ state.Tunnel = (*Tunnel)(nil)
+
+// upState is what a run that is up offers: its device, and the config it
+// was made from.
+type upState struct {
+	dev *Device
+	cfg *config.Config
+}
 
 // run is one attempt and, once it is up, the life of its device.
 type run struct {
@@ -165,25 +184,34 @@ func (rn *run) stop() {
 // is "tcp" or "udp" (optionally with 4 or 6). It fails with ErrNotConnected
 // when no attempt is up.
 func (t *Tunnel) DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error) {
-	dev := t.dev.Load()
-	if dev == nil {
+	up := t.up.Load()
+	if up == nil {
 		return nil, ErrNotConnected
 	}
 	switch network {
 	case "tcp", "tcp4", "tcp6":
-		c, err := dev.DialTCP(ctx, to)
+		c, err := up.dev.DialTCP(ctx, to)
 		if err != nil {
 			return nil, err
 		}
 		return c, nil
 	case "udp", "udp4", "udp6":
-		return dev.DialUDP(to)
+		return up.dev.DialUDP(to)
 	}
 	return nil, fmt.Errorf("netstack: dial: unsupported network %q", network)
 }
 
+// DNS returns the DNS servers of the config the tunnel is up with, or nil
+// when it is not up.
+func (t *Tunnel) DNS() []netip.Addr {
+	if up := t.up.Load(); up != nil {
+		return up.cfg.Interface.DNS
+	}
+	return nil
+}
+
 // attempt runs attempt a: resolve, create the device, verify, report Up,
-// and keep the device until the run is cancelled.
+// and watch the device's liveness until the run is cancelled.
 func (t *Tunnel) attempt(rn *run, a state.Attempt, r state.Reporter) {
 	if rn.ctx.Err() != nil {
 		return // superseded before it began
@@ -198,38 +226,41 @@ func (t *Tunnel) attempt(rn *run, a state.Attempt, r state.Reporter) {
 		}
 	}
 
-	endpoints, err := t.resolve(ctx, a.Config)
+	endpoints, err := t.resolve(ctx, a.Config, a.Try)
 	if err != nil {
 		fail(state.CauseEndpointResolution, true, err)
 		return
 	}
-	opts := DeviceOptions{Config: a.Config, Endpoints: endpoints, Logger: t.log}
+	bind := &countingBind{Bind: conn.NewDefaultBind()}
 	if t.opts.NewBind != nil {
-		opts.Bind = t.opts.NewBind()
+		bind.Bind = t.opts.NewBind()
 	}
-	dev, err := NewDevice(opts)
+	dev, err := NewDevice(DeviceOptions{Config: a.Config, Endpoints: endpoints, Bind: bind, Logger: t.log})
 	if err != nil {
 		fail(state.CauseTunnelDevice, false, err)
 		return
 	}
 	defer dev.Close()
 
-	peer, cause, err := t.verify(ctx, dev, a.Config)
+	peer, err := t.verify(ctx, dev, a.Config)
 	if err != nil {
-		fail(cause, true, err)
+		fail(diagnose(err, bind, endpoints))
 		return
 	}
-	t.dev.Store(dev)
-	defer t.dev.CompareAndSwap(dev, nil)
+	up := &upState{dev: dev, cfg: a.Config}
+	t.up.Store(up)
+	defer t.up.CompareAndSwap(up, nil)
 	r.Up(describeEndpoint(a.Config, endpoints, peer))
+	t.monitor(rn.ctx, dev, a.Config, r)
 	<-rn.ctx.Done()
 }
 
 // resolve looks up every peer's endpoint, now: a peer whose name moved is
-// found again at the next attempt. A name with both IPv4 and IPv6 addresses
-// uses IPv4, which more hosts can reach. It fails if no peer's endpoint
-// resolves.
-func (t *Tunnel) resolve(ctx context.Context, cfg *config.Config) ([]netip.AddrPort, error) {
+// found again at the next attempt. The addresses of a name are taken IPv4
+// first (more hosts can reach IPv4), and try picks among them, so that
+// successive tries of a config move through all of them. It fails if no
+// peer's endpoint resolves.
+func (t *Tunnel) resolve(ctx context.Context, cfg *config.Config, try int) ([]netip.AddrPort, error) {
 	eps := make([]netip.AddrPort, len(cfg.Peers))
 	var firstErr error
 	found := false
@@ -247,18 +278,15 @@ func (t *Tunnel) resolve(ctx context.Context, cfg *config.Config) ([]netip.AddrP
 		}
 		if err != nil {
 			if firstErr == nil {
-				firstErr = fmt.Errorf("resolve endpoint of peer on line %d (%s): %w", p.Line, p.Endpoint, err)
+				firstErr = fmt.Errorf("resolve the endpoint of the peer on line %d (%s): %w", p.Line, p.Endpoint, err)
 			}
 			continue
 		}
-		addr := addrs[0]
-		for _, a := range addrs {
-			if a.Unmap().Is4() {
-				addr = a
-				break
-			}
+		for j, a := range addrs {
+			addrs[j] = a.Unmap()
 		}
-		eps[i], found = netip.AddrPortFrom(addr.Unmap(), p.Endpoint.Port), true
+		slices.SortStableFunc(addrs, func(a, b netip.Addr) int { return cmp.Compare(a.BitLen(), b.BitLen()) })
+		eps[i], found = netip.AddrPortFrom(addrs[try%len(addrs)], p.Endpoint.Port), true
 	}
 	if !found {
 		if firstErr == nil {
@@ -269,23 +297,17 @@ func (t *Tunnel) resolve(ctx context.Context, cfg *config.Config) ([]netip.AddrP
 	return eps, nil
 }
 
+// errNoHandshake and errNothingBack are what verify returns when its
+// deadline passes; diagnose turns them into a cause and a reason.
+var (
+	errNoHandshake = errors.New("no handshake with the peer before the deadline")
+	errNothingBack = errors.New("a handshake completed, but nothing came back through the tunnel before the deadline: check the config's Address (the peer may not route it back) and AllowedIPs")
+)
+
 // verify waits until a handshake has completed and bytes arrive from the
-// peer after a probe through the tunnel. It returns the index of the peer
-// that completed the handshake, or, when ctx ends first, the cause: a
-// handshake timeout, or a verification timeout if the handshake completed
-// but nothing came back.
-func (t *Tunnel) verify(ctx context.Context, dev *Device, cfg *config.Config) (int, state.Cause, error) {
-	targets := append(append([]netip.Addr(nil), cfg.Interface.DNS...), t.opts.ProbeTargets...)
-	probe := func() {
-		for _, a := range targets {
-			if err := dev.SendPing(a); err != nil {
-				t.log.Debug("probe: ping", "to", a, "err", err)
-			}
-			if slices.Contains(cfg.Interface.DNS, a) {
-				sendDNSProbe(dev, a)
-			}
-		}
-	}
+// peer after a probe through the tunnel, and returns the index of the peer
+// that completed the handshake.
+func (t *Tunnel) verify(ctx context.Context, dev *Device, cfg *config.Config) (int, error) {
 	// Sending anything makes wireguard-go start a handshake with the peer
 	// that routes it; a keepalive does it for every peer with an endpoint.
 	for _, p := range cfg.Peers {
@@ -293,7 +315,8 @@ func (t *Tunnel) verify(ctx context.Context, dev *Device, cfg *config.Config) (i
 			dev.sendKeepalive(p.PublicKey)
 		}
 	}
-	probe()
+	targets := t.probeTargets(cfg)
+	t.probe(dev, cfg, false)
 
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
@@ -304,14 +327,14 @@ func (t *Tunnel) verify(ctx context.Context, dev *Device, cfg *config.Config) (i
 		select {
 		case <-ctx.Done():
 			if shook < 0 {
-				return -1, state.CauseHandshakeTimeout, errors.New("no handshake with the peer before the deadline")
+				return -1, errNoHandshake
 			}
-			return -1, state.CauseVerificationTimeout, errors.New("handshake completed, but nothing came back through the tunnel")
+			return -1, errNothingBack
 		case <-tick.C:
 		}
 		stats, err := dev.Stats()
 		if err != nil {
-			return -1, state.CauseTunnelDevice, err
+			return -1, err
 		}
 		var rx uint64
 		for _, s := range stats {
@@ -324,15 +347,103 @@ func (t *Tunnel) verify(ctx context.Context, dev *Device, cfg *config.Config) (i
 		case shook < 0:
 		case probed.IsZero():
 			if len(targets) == 0 {
-				return shook, state.CauseNone, nil
+				return shook, nil // nothing to probe: the handshake is all there is
 			}
 			base, probed = rx, time.Now()
-			probe()
+			t.probe(dev, cfg, false)
 		case rx > base:
-			return shook, state.CauseNone, nil
+			return shook, nil
 		case time.Since(probed) >= reprobeAfter:
 			base, probed = rx, time.Now()
-			probe()
+			t.probe(dev, cfg, false)
+		}
+	}
+}
+
+// diagnose says why an attempt failed, from verify's error and what the
+// UDP socket saw: the cause, whether it is worth retrying, and an error a
+// user can act on.
+func diagnose(err error, bind *countingBind, endpoints []netip.AddrPort) (state.Cause, bool, error) {
+	var eps []string
+	for _, ep := range endpoints {
+		if ep.IsValid() {
+			eps = append(eps, ep.String())
+		}
+	}
+	to := strings.Join(eps, ", ")
+	switch {
+	case errors.Is(err, errNothingBack):
+		return state.CauseVerificationTimeout, true, err
+	case !errors.Is(err, errNoHandshake):
+		return state.CauseTunnelDevice, false, err
+	}
+	if serr := bind.lastSendErr(); serr != nil {
+		return state.CauseNetworkUnreachable, true, fmt.Errorf("cannot send to the endpoint %s: %w", to, serr)
+	}
+	if n := bind.received.Load(); n > 0 {
+		return state.CauseHandshakeTimeout, true, fmt.Errorf("the endpoint %s sent %d datagram(s), but no valid handshake response: is it a WireGuard peer, and does it have this config's public key?", to, n)
+	}
+	return state.CauseHandshakeTimeout, true, fmt.Errorf("no answer from the endpoint %s before the deadline", to)
+}
+
+// monitor watches a connected device's counters and reports Down when the
+// peer falls silent (see liveness).
+func (t *Tunnel) monitor(ctx context.Context, dev *Device, cfg *config.Config, r state.Reporter) {
+	rx, tx, err := dev.counters()
+	if err != nil {
+		r.Failed(state.CauseTunnelDevice, false, err)
+		return
+	}
+	l := newLiveness(time.Now().Round(0), rx, tx)
+	tick := time.NewTicker(livenessTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		rx, tx, err := dev.counters()
+		if err != nil {
+			r.Failed(state.CauseTunnelDevice, false, err)
+			return
+		}
+		probe, down := l.tick(time.Now().Round(0), rx, tx)
+		if down {
+			r.Down(fmt.Sprintf("nothing received from the peer for %v, despite probes", state.DownAfterSilence))
+			return
+		}
+		if probe {
+			t.log.Debug("liveness: probing the peer")
+			t.probe(dev, cfg, true)
+		}
+	}
+}
+
+// probeTargets are the addresses probes go to: the config's DNS servers and
+// TunnelOptions.ProbeTargets.
+func (t *Tunnel) probeTargets(cfg *config.Config) []netip.Addr {
+	return append(slices.Clone(cfg.Interface.DNS), t.opts.ProbeTargets...)
+}
+
+// probe sends what should make the peer send something back: an ICMP echo
+// to each target and a DNS query to each DNS server, through the tunnel,
+// and, with handshake, a handshake initiation to every peer with an
+// endpoint.
+func (t *Tunnel) probe(dev *Device, cfg *config.Config, handshake bool) {
+	for _, a := range t.probeTargets(cfg) {
+		if err := dev.SendPing(a); err != nil {
+			t.log.Debug("probe: ping", "to", a, "err", err)
+		}
+		if slices.Contains(cfg.Interface.DNS, a) {
+			sendDNSProbe(dev, a)
+		}
+	}
+	if handshake {
+		for _, p := range cfg.Peers {
+			if !p.Endpoint.IsZero() {
+				dev.sendHandshake(p.PublicKey)
+			}
 		}
 	}
 }
@@ -343,7 +454,7 @@ func peerIndex(cfg *config.Config, pk config.PublicKey) int {
 			return i
 		}
 	}
-	return 0
+	return -1
 }
 
 // sendDNSProbe sends a DNS query for ". NS" to server, and does not wait for

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/warren-vpn/warren/state"
 )
@@ -32,11 +33,19 @@ type Resolver interface {
 }
 
 // Gate is the only dialer front-ends have. In Connected it dials through the
-// tunnel; in every other state it fails at once with a *state.BlockedError.
-// It implements state.Policy: leaving Connected cancels dials in progress and
+// tunnel; in every other state it fails at once with a *state.BlockedError,
+// unless Hold lets a flow wait for a tunnel that is connecting. It
+// implements state.Policy: leaving Connected cancels dials in progress and
 // aborts every live flow (TCP with a reset). A Gate starts blocked.
 type Gate struct {
 	tunnel Dialer
+
+	// Hold is how long a new flow waits for Connected while the tunnel is
+	// connecting (Connecting, or Disconnecting on its way to reconnect)
+	// before it is refused. It never waits in Disconnected, Error, or a
+	// Disconnecting that leads to either. 0, the default, refuses at once.
+	// Set it before first use.
+	Hold time.Duration
 
 	// policy is read on every dial, without a lock.
 	policy atomic.Pointer[gatePolicy]
@@ -52,8 +61,10 @@ var _ state.Policy = (*Gate)(nil)
 
 // gatePolicy is one period during which the gate is open, or blocked.
 type gatePolicy struct {
-	blocked error // nil when open
-	// ctx is cancelled when this period ends; dials made in it watch it.
+	blocked  error // nil when open
+	holdable bool  // blocked, but connecting: a flow may wait
+	// ctx is cancelled when this period ends; dials made in it, and flows
+	// held in it, watch it.
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -66,12 +77,15 @@ type flow struct {
 // NewGate returns a blocked gate that dials through tunnel once opened.
 func NewGate(tunnel Dialer) *Gate {
 	g := &Gate{tunnel: tunnel, flows: make(map[*flow]struct{})}
-	g.policy.Store(newGatePolicy(state.Snapshot{State: state.Disconnected}.Blocked()))
+	g.policy.Store(newGatePolicy(state.Snapshot{State: state.Disconnected}))
 	return g
 }
 
-func newGatePolicy(blocked error) *gatePolicy {
-	p := &gatePolicy{blocked: blocked}
+func newGatePolicy(s state.Snapshot) *gatePolicy {
+	p := &gatePolicy{
+		blocked:  s.Blocked(),
+		holdable: s.State == state.Connecting || s.State == state.Disconnecting && s.After == state.AfterReconnect,
+	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
 }
@@ -79,12 +93,11 @@ func newGatePolicy(blocked error) *gatePolicy {
 // Apply opens the gate in Connected and blocks it otherwise. Leaving
 // Connected aborts every live flow before Apply returns.
 func (g *Gate) Apply(s state.Snapshot) error {
-	blocked := s.Blocked()
 	old := g.policy.Load()
-	if old.blocked == nil && blocked == nil {
+	if old.blocked == nil && s.State == state.Connected {
 		return nil // still open: live flows carry on
 	}
-	g.policy.Store(newGatePolicy(blocked))
+	g.policy.Store(newGatePolicy(s))
 	old.cancel()
 	g.mu.Lock()
 	flows := g.flows
@@ -100,6 +113,31 @@ func (g *Gate) Apply(s state.Snapshot) error {
 // *state.BlockedError a flow would get.
 func (g *Gate) Blocked() error { return g.policy.Load().blocked }
 
+// Wait returns nil once the gate is open: at once if it is, or, while the
+// tunnel is connecting, as soon as it opens within Hold. Otherwise it
+// returns the gate's *state.BlockedError, at once or when Hold has passed.
+func (g *Gate) Wait(ctx context.Context) error {
+	p := g.policy.Load()
+	if p.blocked == nil || !p.holdable || g.Hold <= 0 {
+		return p.blocked
+	}
+	timer := time.NewTimer(g.Hold)
+	defer timer.Stop()
+	for {
+		select {
+		case <-p.ctx.Done(): // the policy changed
+			p = g.policy.Load()
+			if p.blocked == nil || !p.holdable {
+				return p.blocked
+			}
+		case <-timer.C:
+			return g.policy.Load().blocked
+		case <-ctx.Done():
+			return g.policy.Load().blocked
+		}
+	}
+}
+
 // Flows returns the number of live flows.
 func (g *Gate) Flows() int {
 	g.mu.Lock()
@@ -110,9 +148,12 @@ func (g *Gate) Flows() int {
 // DialContext dials to through the tunnel if the gate is open, and returns a
 // connection that is aborted when the gate closes. Closing it ends the flow.
 func (g *Gate) DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error) {
+	if err := g.Wait(ctx); err != nil {
+		return nil, err
+	}
 	p := g.policy.Load()
 	if p.blocked != nil {
-		return nil, p.blocked
+		return nil, p.blocked // closed again since Wait
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

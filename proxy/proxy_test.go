@@ -506,3 +506,107 @@ func TestReplyCodeNames(t *testing.T) {
 		t.Fatalf("reply codes %v", got)
 	}
 }
+
+func TestGateHold(t *testing.T) {
+	disconnected := state.Snapshot{State: state.Disconnected}
+	errorState := state.Snapshot{State: state.Error, Cause: state.CauseTunnelDevice}
+	reconnecting := state.Snapshot{State: state.Disconnecting, After: state.AfterReconnect}
+	tests := []struct {
+		name     string
+		start    state.Snapshot
+		then     []state.Snapshot // applied one after another while a flow waits
+		wantOpen bool
+	}{
+		{"connecting then connected", connecting, []state.Snapshot{connected}, true},
+		{"reconnecting then connecting then connected", reconnecting, []state.Snapshot{connecting, connected}, true},
+		{"connecting then error", connecting, []state.Snapshot{errorState}, false},
+		{"connecting then disconnected", connecting, []state.Snapshot{{State: state.Disconnecting}, disconnected}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewGate(&fakeTunnel{})
+			g.Hold = time.Minute
+			g.Apply(tt.start)
+			errc := make(chan error, 1)
+			go func() { errc <- g.Wait(context.Background()) }()
+			for _, s := range tt.then {
+				time.Sleep(20 * time.Millisecond)
+				g.Apply(s)
+			}
+			select {
+			case err := <-errc:
+				if (err == nil) != tt.wantOpen {
+					t.Fatalf("Wait = %v, want open=%v", err, tt.wantOpen)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Wait still waiting, with a minute's hold, after the state settled")
+			}
+		})
+	}
+}
+
+// Hold never applies in Disconnected or Error: the refusal is immediate.
+func TestGateHoldNotInDisconnectedOrError(t *testing.T) {
+	for _, s := range []state.Snapshot{{State: state.Disconnected}, {State: state.Error}, {State: state.Disconnecting, After: state.AfterNothing}} {
+		g := NewGate(&fakeTunnel{})
+		g.Hold = time.Hour
+		g.Apply(s)
+		done := make(chan error, 1)
+		go func() { done <- g.Wait(context.Background()) }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, state.ErrBlocked) {
+				t.Fatalf("%v: Wait = %v", s, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%v: a flow is held", s)
+		}
+	}
+}
+
+// A held flow that the tunnel does not open for is refused when Hold ends,
+// not before.
+func TestGateHoldExpires(t *testing.T) {
+	g := NewGate(&fakeTunnel{})
+	g.Hold = 100 * time.Millisecond
+	g.Apply(connecting)
+	begin := time.Now()
+	err := g.Wait(context.Background())
+	if !errors.Is(err, state.ErrBlocked) {
+		t.Fatalf("Wait = %v", err)
+	}
+	if d := time.Since(begin); d < g.Hold {
+		t.Fatalf("refused after %v, before the hold of %v", d, g.Hold)
+	}
+	// Attempts moving on (Connecting(n) -> Connecting(n+1)) keep a flow held.
+	g.Hold = time.Minute
+	errc := make(chan error, 1)
+	go func() { errc <- g.Wait(context.Background()) }()
+	g.Apply(state.Snapshot{State: state.Connecting, Attempt: 3})
+	select {
+	case err := <-errc:
+		t.Fatalf("Wait returned %v on a new attempt", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	g.Apply(connected)
+	if err := <-errc; err != nil {
+		t.Fatalf("Wait = %v after Connected", err)
+	}
+}
+
+// A SOCKS5 CONNECT made while connecting waits for the tunnel, with Hold.
+func TestSOCKS5Hold(t *testing.T) {
+	h := newSOCKS(t)
+	h.gate.Hold = time.Minute
+	h.gate.Apply(connecting)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		h.gate.Apply(connected)
+	}()
+	rep, c := rawConnect(t, h.addr, 3, []byte("demo.warren"), 80)
+	if rep != 0 {
+		t.Fatalf("reply %#x", rep)
+	}
+	echo(t, c, "held, then through")
+	c.Close()
+}

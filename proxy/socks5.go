@@ -31,8 +31,8 @@ var ErrServerClosed = errors.New("proxy: server closed")
 //
 // CONNECT is supported with IPv4, IPv6 and domain-name addresses; names are
 // resolved by Resolver, through the tunnel. While the gate is blocked, every
-// request is answered at once with reply 0x02 (connection not allowed by
-// ruleset) and its connection closed. BIND and UDP ASSOCIATE are answered
+// CONNECT is answered with reply 0x02 (connection not allowed by ruleset),
+// at once or after the gate's Hold, and its connection closed. BIND and UDP ASSOCIATE are answered
 // 0x07 (command not supported). A client that sends anything but SOCKS5 is
 // disconnected; other clients are not affected.
 //
@@ -77,7 +77,6 @@ func (s *SOCKS5) init() {
 		s.conns = make(map[net.Conn]struct{})
 		s.srv = socks5.NewServer(
 			socks5.WithResolver(keepNames{}),
-			socks5.WithRule(gateRule{s.Gate}),
 			socks5.WithConnectHandle(s.connect),
 			socks5.WithAssociateHandle(notSupported),
 			socks5.WithBindHandle(notSupported),
@@ -247,10 +246,10 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	return relay(client, req.Reader, target)
 }
 
-// dial resolves dest if it is a name and dials it through the gate, trying
-// each address in turn.
+// dial waits for the gate (at most its Hold), resolves dest if it is a name,
+// and dials it through the gate, trying each address in turn.
 func (s *SOCKS5) dial(ctx context.Context, dest *statute.AddrSpec) (net.Conn, error) {
-	if err := s.Gate.Blocked(); err != nil {
+	if err := s.Gate.Wait(ctx); err != nil {
 		return nil, err // refuse before resolving anything
 	}
 	port := uint16(dest.Port)
@@ -345,14 +344,6 @@ type keepNames struct{}
 
 func (keepNames) Resolve(ctx context.Context, name string) (context.Context, net.IP, error) {
 	return ctx, nil, nil
-}
-
-// gateRule refuses every request while the gate is blocked, which go-socks5
-// answers with reply 0x02.
-type gateRule struct{ g *Gate }
-
-func (r gateRule) Allow(ctx context.Context, req *socks5.Request) (context.Context, bool) {
-	return ctx, r.g.Blocked() == nil
 }
 
 func notSupported(ctx context.Context, w io.Writer, req *socks5.Request) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,12 +36,18 @@ type Tunnel interface {
 
 // Attempt is one connection attempt.
 type Attempt struct {
-	// N counts attempts since the last Connect, from 0.
+	// N counts attempts since the last Connect (or reconnect), from 0.
 	N int
+	// Config is the configuration to connect with: with k configurations,
+	// attempt N uses configuration N mod k, so each failed attempt moves to
+	// the next.
+	Config *config.Config
+	// Try counts the attempts made with this Config before, in this run of
+	// attempts (N div k). A backend uses it to move through the addresses of
+	// an endpoint's host name.
+	Try int
 	// Deadline is when the attempt must have been verified.
 	Deadline time.Time
-	// Config is the configuration to connect with.
-	Config *config.Config
 }
 
 // Reporter is how a Tunnel reports what happened. Its methods never block for
@@ -83,12 +90,14 @@ type realClock struct{}
 func (realClock) Now() time.Time                            { return time.Now() }
 func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 
-// Options configures a Machine. Tunnel, Policy and Config are required.
+// Options configures a Machine. Tunnel, Policy and Configs are required.
 type Options struct {
 	Tunnel Tunnel
 	Policy Policy
-	// Config is used by attempts until a Reload replaces it.
-	Config *config.Config
+	// Configs are the configurations to connect with, in order of
+	// preference: attempt n uses Configs[n mod len(Configs)]. A Reload
+	// replaces them.
+	Configs []*config.Config
 	// Lockdown asks the policy to block in Disconnected too.
 	Lockdown bool
 	// Clock defaults to the real clock.
@@ -136,7 +145,7 @@ type Machine struct {
 
 	// Owned by the loop goroutine.
 	snap      Snapshot
-	config    *config.Config
+	configs   []*config.Config
 	gen       uint64    // generation of the latest Start or Stop
 	lastStart time.Time // when the latest attempt started
 	timer     Timer     // the pending attempt start, or the attempt's deadline
@@ -163,8 +172,8 @@ const (
 
 // New returns a running machine in Disconnected, with its policy applied.
 func New(opts Options) (*Machine, error) {
-	if opts.Tunnel == nil || opts.Policy == nil || opts.Config == nil {
-		return nil, errors.New("state: Options needs a Tunnel, a Policy and a Config")
+	if opts.Tunnel == nil || opts.Policy == nil || len(opts.Configs) == 0 || slices.Contains(opts.Configs, nil) {
+		return nil, errors.New("state: Options needs a Tunnel, a Policy and Configs")
 	}
 	m := &Machine{
 		tunnel:  opts.Tunnel,
@@ -177,7 +186,7 @@ func New(opts Options) (*Machine, error) {
 		quit:    make(chan struct{}),
 		changed: make(chan struct{}),
 		subs:    make(map[*subscriber]struct{}),
-		config:  opts.Config,
+		configs: opts.Configs,
 	}
 	if m.clock == nil {
 		m.clock = realClock{}
@@ -213,13 +222,13 @@ func (m *Machine) Reconnect(ctx context.Context) (Snapshot, error) {
 	return m.command(ctx, input{kind: inReconnect})
 }
 
-// Reload replaces the configuration. A connecting or connected tunnel
-// reconnects with it; otherwise it is used by the next Connect.
-func (m *Machine) Reload(ctx context.Context, c *config.Config) (Snapshot, error) {
-	if c == nil {
-		return Snapshot{}, errors.New("state: Reload with a nil config")
+// Reload replaces the configurations. A connecting or connected tunnel
+// reconnects with them; otherwise they are used by the next Connect.
+func (m *Machine) Reload(ctx context.Context, configs []*config.Config) (Snapshot, error) {
+	if len(configs) == 0 || slices.Contains(configs, nil) {
+		return Snapshot{}, errors.New("state: Reload without configs")
 	}
-	return m.command(ctx, input{kind: inReload, config: c})
+	return m.command(ctx, input{kind: inReload, configs: slices.Clone(configs)})
 }
 
 // SetLockdown sets whether the policy blocks in Disconnected too.
@@ -382,9 +391,10 @@ func (m *Machine) handle(r request) {
 	}
 	before := m.snap
 	after, eff := next(m.snap, r.in, m.clock.Now())
-	if eff.config != nil {
-		m.config = eff.config
+	if eff.configs != nil {
+		m.configs = eff.configs
 	}
+	after.Config = m.configIn(before, after)
 	if after != before {
 		m.enter(before, after, r.in)
 	}
@@ -394,6 +404,18 @@ func (m *Machine) handle(r request) {
 	if eff.start {
 		m.startAttempt()
 	}
+}
+
+// configIn returns the path of the config that state s uses: in Connecting,
+// the one of its attempt; in Connected, the one that connected.
+func (m *Machine) configIn(before, s Snapshot) string {
+	switch s.State {
+	case Connecting:
+		return m.configs[s.Attempt%len(m.configs)].Path
+	case Connected:
+		return before.Config
+	}
+	return ""
 }
 
 // enter applies s's policy and publishes s. If the policy cannot be applied,
@@ -450,9 +472,9 @@ func (m *Machine) logTransition(from, to Snapshot, in input) {
 	}
 	switch to.State {
 	case Connecting:
-		attrs = append(attrs, slog.Int("attempt", to.Attempt))
+		attrs = append(attrs, slog.Int("attempt", to.Attempt), slog.String("config", to.Config))
 	case Connected:
-		attrs = append(attrs, slog.String("endpoint", to.Endpoint))
+		attrs = append(attrs, slog.String("endpoint", to.Endpoint), slog.String("config", to.Config))
 	case Disconnecting:
 		attrs = append(attrs, slog.String("then", to.After.String()))
 	case Error:
@@ -489,7 +511,13 @@ func (m *Machine) startAttempt() {
 func (m *Machine) startNow() {
 	now := m.clock.Now()
 	m.lastStart = now
-	a := Attempt{N: m.snap.Attempt, Deadline: now.Add(AttemptDeadline(m.snap.Attempt)), Config: m.config}
+	n := m.snap.Attempt
+	a := Attempt{
+		N:        n,
+		Config:   m.configs[n%len(m.configs)],
+		Try:      n / len(m.configs),
+		Deadline: now.Add(AttemptDeadline(n)),
+	}
 	gen := m.gen
 	m.timer = m.clock.AfterFunc(AttemptDeadline(a.N)+AttemptGrace, func() {
 		m.post(request{gen: gen, in: input{kind: inAttemptTimeout}})

@@ -171,7 +171,7 @@ func newHarness(t *testing.T) *harness {
 	// By default the fake tunnel closes at once, from inside Stop, the way a
 	// backend with nothing running does.
 	h.tunnel.onStop = func(r Reporter) { r.Closed() }
-	m, err := New(Options{Tunnel: h.tunnel, Policy: h.policy, Config: h.cfg, Clock: clock})
+	m, err := New(Options{Tunnel: h.tunnel, Policy: h.policy, Configs: []*config.Config{h.cfg}, Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +471,7 @@ func TestMachineReloadUsesNewConfig(t *testing.T) {
 	h := newHarness(t)
 	h.connect()
 	newCfg := &config.Config{Path: "new.conf"}
-	s, err := h.m.Reload(h.ctx(), newCfg)
+	s, err := h.m.Reload(h.ctx(), []*config.Config{newCfg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +488,7 @@ func TestMachineReloadUsesNewConfig(t *testing.T) {
 	h.m.Disconnect(h.ctx())
 	h.want(Disconnected, 0)
 	third := &config.Config{Path: "third.conf"}
-	if s, _ := h.m.Reload(h.ctx(), third); s.State != Disconnected {
+	if s, _ := h.m.Reload(h.ctx(), []*config.Config{third}); s.State != Disconnected {
 		t.Fatalf("Reload in Disconnected led to %v", s)
 	}
 	h.clock.Advance(time.Second)
@@ -564,5 +564,52 @@ func TestMachineShutdownGivesUpOnStuckTunnel(t *testing.T) {
 	defer cancel()
 	if err := h.m.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v", err)
+	}
+}
+
+// With several configs, each failed attempt moves to the next, and the
+// snapshot names the one in use.
+func TestMachineFailover(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	tunnel := &fakeTunnel{clock: clock, onStop: func(r Reporter) { r.Closed() }}
+	a, b, c := &config.Config{Path: "a.conf"}, &config.Config{Path: "b.conf"}, &config.Config{Path: "c.conf"}
+	m, err := New(Options{Tunnel: tunnel, Policy: &recordingPolicy{}, Configs: []*config.Config{a, b, c}, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Shutdown(context.Background())
+	h := &harness{t: t, m: m, clock: clock, tunnel: tunnel}
+	s, _ := m.Connect(h.ctx())
+	if s.Config != "a.conf" {
+		t.Fatalf("Connecting(0) uses %q", s.Config)
+	}
+	want := []struct {
+		cfg *config.Config
+		try int
+	}{{a, 0}, {b, 0}, {c, 0}, {a, 1}, {b, 1}}
+	for n, w := range want {
+		at, r := tunnel.lastStart()
+		if at.N != n || at.Config != w.cfg || at.Try != w.try {
+			t.Fatalf("attempt %d: N=%d config=%s try=%d, want config=%s try=%d", n, at.N, at.Config.Path, at.Try, w.cfg.Path, w.try)
+		}
+		if n == len(want)-1 {
+			r.Up("192.0.2.2:51820")
+			break
+		}
+		r.Failed(CauseHandshakeTimeout, true, nil)
+		clock.Advance(time.Second)
+		if s := h.want(Connecting, n+1); s.Config != want[n+1].cfg.Path {
+			t.Fatalf("Connecting(%d) shows %q, want %q", n+1, s.Config, want[n+1].cfg.Path)
+		}
+	}
+	s = h.want(Connected, 0)
+	if s.Config != "b.conf" || s.Endpoint != "192.0.2.2:51820" {
+		t.Fatalf("Connected shows config %q endpoint %q", s.Config, s.Endpoint)
+	}
+	// A reconnect starts again from the first, preferred config.
+	m.Reconnect(h.ctx())
+	clock.Advance(time.Second)
+	if s := h.want(Connecting, 0); s.Config != "a.conf" {
+		t.Fatalf("after Reconnect: %q", s.Config)
 	}
 }

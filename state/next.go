@@ -30,8 +30,8 @@ import (
 //	  Error(c) ── Disconnect ──────────────▶ D(Nothing)
 //
 // Anything else leaves the state as it is. Two inputs change the snapshot
-// without changing the state: Reload always replaces the configuration used by
-// the next attempt, and SetLockdown always sets Snapshot.Lockdown.
+// without changing the state: Reload always replaces the configurations used
+// by later attempts, and SetLockdown always sets Snapshot.Lockdown.
 //
 // The table's "unless after is Nothing" applies to Failed only: a failure
 // while tearing down at the user's request still ends in Disconnected, as
@@ -78,8 +78,8 @@ type input struct {
 	detail      string
 	// endpoint comes with Up.
 	endpoint string
-	// config comes with Reload.
-	config *config.Config
+	// configs come with Reload.
+	configs []*config.Config
 	// lockdown comes with SetLockdown.
 	lockdown bool
 }
@@ -92,8 +92,8 @@ type effects struct {
 	start bool
 	// stop stops the tunnel; it reports Closed when done.
 	stop bool
-	// config, if not nil, replaces the configuration for later attempts.
-	config *config.Config
+	// configs, if not nil, replace the configurations for later attempts.
+	configs []*config.Config
 }
 
 // next is the transition table. It is pure: it returns the new snapshot and
@@ -103,7 +103,7 @@ func next(s Snapshot, in input, now time.Time) (Snapshot, effects) {
 	var eff effects
 	switch in.kind {
 	case inReload:
-		eff.config = in.config
+		eff.configs = in.configs
 	case inSetLockdown:
 		s.Lockdown = in.lockdown
 		return s, eff

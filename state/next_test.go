@@ -29,7 +29,7 @@ var (
 	iConnect     = input{kind: inConnect}
 	iDisconnect  = input{kind: inDisconnect}
 	iReconnect   = input{kind: inReconnect}
-	iReload      = input{kind: inReload, config: &config.Config{Path: "new.conf"}}
+	iReload      = input{kind: inReload, configs: []*config.Config{{Path: "new.conf"}}}
 	iLockdown    = input{kind: inSetLockdown, lockdown: true}
 	iUp          = input{kind: inUp, endpoint: "198.51.100.7:51820"}
 	iDown        = input{kind: inDown, detail: "nothing received for 15s"}
@@ -168,12 +168,12 @@ func TestNextDisconnectingNothingDisconnect(t *testing.T) {
 func TestNextReloadAlwaysReplacesConfig(t *testing.T) {
 	for _, s := range []Snapshot{sDisconnected, sConnecting, sConnected, sDiscNothing, sDiscRecon, sError} {
 		_, eff := next(s, iReload, now)
-		if eff.config != iReload.config {
+		if len(eff.configs) != 1 || eff.configs[0] != iReload.configs[0] {
 			t.Errorf("%v: Reload did not replace the config", s)
 		}
 	}
 	for _, in := range []input{iConnect, iDisconnect, iUp, iClosed} {
-		if _, eff := next(sConnecting, in, now); eff.config != nil {
+		if _, eff := next(sConnecting, in, now); eff.configs != nil {
 			t.Errorf("%v replaced the config", in.kind)
 		}
 	}

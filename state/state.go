@@ -145,6 +145,9 @@ type Snapshot struct {
 	// BlockFailed is set in Error when the blocking policy itself could not be
 	// applied: traffic may not be blocked.
 	BlockFailed bool
+	// Config is the path of the configuration in use: the one being tried
+	// in Connecting, the one that connected in Connected.
+	Config string
 	// Endpoint is the peer endpoint in use while Connected.
 	Endpoint string
 	// Lockdown asks the policy to block even in Disconnected.

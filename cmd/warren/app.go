@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/warren-vpn/warren/config"
 	"github.com/warren-vpn/warren/dnsserver"
@@ -17,10 +18,11 @@ import (
 
 // appOptions is what an app is made of.
 type appOptions struct {
-	config *config.Config
-	socks5 string       // listen address of the SOCKS5 proxy
-	probes []netip.Addr // extra verification targets
-	log    *slog.Logger
+	configs []*config.Config // to try in turn
+	socks5  string           // listen address of the SOCKS5 proxy
+	probes  []netip.Addr     // extra verification targets
+	hold    time.Duration    // how long a new flow may wait while connecting
+	log     *slog.Logger
 }
 
 // app is warren in proxy mode, wired together: the state machine drives the
@@ -52,13 +54,14 @@ func startApp(o appOptions) (a *app, err error) {
 	a = &app{log: o.log, served: make(chan error, 1), socks5Addr: l.Addr()}
 	a.tunnel = netstack.NewTunnel(netstack.TunnelOptions{Logger: o.log, ProbeTargets: o.probes})
 	a.gate = proxy.NewGate(a.tunnel)
-	resolver := dnsserver.NewResolver(a.gate, o.config.Interface.DNS)
+	a.gate.Hold = o.hold
+	resolver := dnsserver.NewResolver(a.gate, a.tunnel.DNS)
 	a.socks5 = &proxy.SOCKS5{Gate: a.gate, Resolver: resolver, Logger: o.log}
 	a.machine, err = state.New(state.Options{
-		Tunnel: a.tunnel,
-		Policy: a.gate,
-		Config: o.config,
-		Logger: o.log.With("component", "tunnel"),
+		Tunnel:  a.tunnel,
+		Policy:  a.gate,
+		Configs: o.configs,
+		Logger:  o.log.With("component", "tunnel"),
 	})
 	if err != nil {
 		a.tunnel.Close()
@@ -66,8 +69,10 @@ func startApp(o appOptions) (a *app, err error) {
 	}
 	go func() { a.served <- a.socks5.Serve(l) }()
 	o.log.Info("SOCKS5 proxy listening", "addr", l.Addr().String())
-	if len(o.config.Interface.DNS) == 0 {
-		o.log.Warn("the config has no DNS server: names cannot be resolved through the tunnel, and warren never asks the host's resolver; connect by IP address")
+	for _, c := range o.configs {
+		if len(c.Interface.DNS) == 0 {
+			o.log.Warn("the config has no DNS server: while it is in use, names cannot be resolved through the tunnel, and warren never asks the host's resolver; connect by IP address", "config", c.Path)
+		}
 	}
 	return a, nil
 }

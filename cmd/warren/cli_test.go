@@ -304,32 +304,42 @@ func TestUpErrors(t *testing.T) {
 
 // A flag's environment variable sets it; the flag on the command line wins.
 func TestEnvAndFlags(t *testing.T) {
-	newFS := func() (*flag.FlagSet, *proxyFlags, *string) {
+	newFS := func() (*flag.FlagSet, *proxyFlags, *configFlags) {
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		var pf proxyFlags
-		var path string
-		fs.StringVar(&path, "config", "", "")
-		fs.StringVar(&path, "c", "", "")
+		var paths configFlags
+		paths.register(fs)
 		pf.register(fs)
-		return fs, &pf, &path
+		return fs, &pf, &paths
 	}
-	env := map[string]string{"WARREN_SOCKS5": "127.0.0.1:9050", "WARREN_CONFIG": "/env.conf", "WARREN_PROBE": "10.0.0.1,fd00::1", "WARREN_C": "/ignored"}
+	env := map[string]string{
+		"WARREN_SOCKS5": "127.0.0.1:9050",
+		"WARREN_CONFIG": "/a.conf,/b.conf",
+		"WARREN_PROBE":  "10.0.0.1,fd00::1",
+		"WARREN_HOLD":   "5s",
+		"WARREN_C":      "/ignored",
+	}
 	getenv := func(k string) string { return env[k] }
 
-	fs, pf, path := newFS()
-	if err := parseFlags(fs, nil, getenv, "c"); err != nil {
+	fs, pf, paths := newFS()
+	if err := parseFlags(fs, nil, getenv, aliasC); err != nil {
 		t.Fatal(err)
 	}
-	if pf.socks5 != "127.0.0.1:9050" || *path != "/env.conf" || pf.probes.String() != "10.0.0.1,fd00::1" {
-		t.Fatalf("from env: socks5 %q config %q probes %q", pf.socks5, *path, pf.probes.String())
+	if pf.socks5 != "127.0.0.1:9050" || paths.String() != "/a.conf,/b.conf" || pf.probes.String() != "10.0.0.1,fd00::1" || pf.hold != 5*time.Second {
+		t.Fatalf("from env: socks5 %q configs %q probes %q hold %v", pf.socks5, paths, pf.probes.String(), pf.hold)
 	}
-	fs, pf, path = newFS()
-	if err := parseFlags(fs, []string{"--socks5", "127.0.0.1:1081", "-c", "/flag.conf"}, getenv, "c"); err != nil {
+	// The command line wins, also for flags that may be repeated: its values
+	// replace the variable's rather than add to them.
+	fs, pf, paths = newFS()
+	if err := parseFlags(fs, []string{"--socks5", "127.0.0.1:1081", "-c", "/flag.conf", "--config", "/second.conf", "--probe", "10.9.9.9"}, getenv, aliasC); err != nil {
 		t.Fatal(err)
 	}
-	if pf.socks5 != "127.0.0.1:1081" || *path != "/flag.conf" {
-		t.Fatalf("flags did not win: socks5 %q config %q", pf.socks5, *path)
+	if pf.socks5 != "127.0.0.1:1081" || paths.String() != "/flag.conf,/second.conf" || pf.probes.String() != "10.9.9.9" {
+		t.Fatalf("flags did not win: socks5 %q configs %q probes %q", pf.socks5, paths, pf.probes.String())
+	}
+	if pf.hold != 5*time.Second {
+		t.Fatalf("hold %v: the variable was lost for a flag not on the command line", pf.hold)
 	}
 }
 

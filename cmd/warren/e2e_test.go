@@ -40,7 +40,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 // SOCKS5 proxy on a free loopback port, and stops it at the end of the test.
 func startTestApp(t *testing.T, cfg *config.Config) *app {
 	t.Helper()
-	a, err := startApp(appOptions{config: cfg, socks5: "127.0.0.1:0", log: testLogger(t)})
+	a, err := startApp(appOptions{configs: []*config.Config{cfg}, socks5: "127.0.0.1:0", log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

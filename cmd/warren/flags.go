@@ -7,8 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"strings"
+	"time"
 )
 
 // envName is the environment variable of a flag: --socks5 is WARREN_SOCKS5.
@@ -20,26 +20,12 @@ func envName(flagName string) string {
 // usage have been printed.
 var errUsage = errors.New("usage")
 
-// parseFlags sets fs's flags from the environment, then from args, so that a
-// flag on the command line wins over its variable. Flags listed in aliases
-// (short names such as -c) have no variable of their own. A bad variable is
-// an error that names it; a bad command line is errUsage.
-func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string, aliases ...string) error {
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if err != nil || slices.Contains(aliases, f.Name) {
-			return
-		}
-		name := envName(f.Name)
-		if v := getenv(name); v != "" {
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("%s: %v", name, serr)
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
+// parseFlags sets fs's flags from args and then, for each flag args did not
+// set, from its environment variable: a flag on the command line wins over
+// its variable. aliases maps short names to the flags they stand for (-c for
+// --config); they have no variable of their own. A bad variable is an error
+// that names it; a bad command line is errUsage.
+func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string, aliases map[string]string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -51,8 +37,51 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string, ali
 		fs.Usage()
 		return errUsage
 	}
+	onCommandLine := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) {
+		onCommandLine[f.Name] = true
+		if name, ok := aliases[f.Name]; ok {
+			onCommandLine[name] = true
+		}
+	})
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if _, alias := aliases[f.Name]; err != nil || alias || onCommandLine[f.Name] {
+			return
+		}
+		name := envName(f.Name)
+		if v := getenv(name); v != "" {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s: %v", name, serr)
+			}
+		}
+	})
+	return err
+}
+
+// configFlags holds -c/--config, which may be given several times (or, in
+// WARREN_CONFIG, as a comma-separated list): the configs to try in turn.
+type configFlags []string
+
+func (c *configFlags) register(fs *flag.FlagSet) {
+	usage := "wg-quick config file; give it several times to fail over between configs in this order"
+	fs.Var(c, "config", usage)
+	fs.Var(c, "c", "short for --config")
+}
+
+func (c *configFlags) String() string { return strings.Join(*c, ",") }
+
+func (c *configFlags) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*c = append(*c, p)
+		}
+	}
 	return nil
 }
+
+// aliasC makes -c stand for --config.
+var aliasC = map[string]string{"c": "config"}
 
 // logFlags are the logging flags every long-running command has.
 type logFlags struct {
@@ -80,15 +109,17 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format: %q is not text or json", l.format)
 }
 
-// proxyFlags are the listener flags shared by up and demo.
+// proxyFlags are the proxy's flags, shared by up and demo.
 type proxyFlags struct {
 	socks5 string
 	probes addrList
+	hold   time.Duration
 }
 
 func (p *proxyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.socks5, "socks5", "127.0.0.1:1080", "listen address of the SOCKS5 proxy")
 	fs.Var(&p.probes, "probe", "IP address inside the tunnel that answers ping, used to verify the tunnel besides the config's DNS servers (comma-separated, or repeat the flag)")
+	fs.DurationVar(&p.hold, "hold", 0, "while connecting, how long a new connection waits for the tunnel before it is refused (e.g. 10s); 0 refuses at once")
 }
 
 // addrList is a flag holding IP addresses, comma-separated or repeated.

@@ -97,31 +97,30 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 func cmdUp(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
 	fs := newFlagSet("up", stderr)
 	var (
-		path      string
+		paths     configFlags
 		noConnect bool
 		pf        proxyFlags
 		lf        logFlags
 	)
-	fs.StringVar(&path, "config", "", "wg-quick config file (required)")
-	fs.StringVar(&path, "c", "", "short for --config")
+	paths.register(fs)
 	fs.BoolVar(&noConnect, "no-connect", false, "start Disconnected: serve the proxy (refusing every flow) but do not connect")
 	pf.register(fs)
 	lf.register(fs)
-	if err := parseFlags(fs, args, getenv, "c"); err != nil {
+	if err := parseFlags(fs, args, getenv, aliasC); err != nil {
 		return err
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err
 	}
-	if path == "" {
+	if len(paths) == 0 {
 		return errors.New("no config: give -c FILE or set WARREN_CONFIG")
 	}
-	cfg, err := loadConfig(path, log)
+	configs, err := loadConfigs(paths, log)
 	if err != nil {
 		return err
 	}
-	a, err := startApp(appOptions{config: cfg, socks5: pf.socks5, probes: pf.probes, log: log})
+	a, err := startApp(appOptions{configs: configs, socks5: pf.socks5, probes: pf.probes, hold: pf.hold, log: log})
 	if err != nil {
 		return err
 	}
@@ -135,16 +134,26 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 	return stopApp(a, log)
 }
 
-// loadConfig reads and validates a config, logging its warnings.
-func loadConfig(path string, log *slog.Logger) (*config.Config, error) {
-	cfg, warnings, err := config.Load(path)
-	for _, w := range warnings {
-		log.Warn("config: " + w.Error())
+// loadConfigs reads and validates configs, logging their warnings. Every
+// file is read, so that all their errors are reported at once.
+func loadConfigs(paths []string, log *slog.Logger) ([]*config.Config, error) {
+	var configs []*config.Config
+	var errs []error
+	for _, path := range paths {
+		cfg, warnings, err := config.Load(path)
+		for _, w := range warnings {
+			log.Warn("config: " + w.Error())
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		configs = append(configs, cfg)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("invalid config:\n%v", err)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("invalid config:\n%v", errors.Join(errs...))
 	}
-	return cfg, nil
+	return configs, nil
 }
 
 // stopApp shuts the app down after a signal.
@@ -167,7 +176,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	)
 	pf.register(fs)
 	lf.register(fs)
-	if err := parseFlags(fs, args, getenv); err != nil {
+	if err := parseFlags(fs, args, getenv, nil); err != nil {
 		return err
 	}
 	log, err := lf.logger(stderr)
@@ -179,7 +188,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	defer srv.Close()
-	a, err := startApp(appOptions{config: srv.ClientConfig(), socks5: pf.socks5, probes: pf.probes, log: log})
+	a, err := startApp(appOptions{configs: []*config.Config{srv.ClientConfig()}, socks5: pf.socks5, probes: pf.probes, hold: pf.hold, log: log})
 	if err != nil {
 		return err
 	}
@@ -207,24 +216,30 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 
 func cmdCheck(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
-	var path string
-	fs.StringVar(&path, "config", "", "wg-quick config file (required)")
-	fs.StringVar(&path, "c", "", "short for --config")
-	if err := parseFlags(fs, args, getenv, "c"); err != nil {
+	var paths configFlags
+	paths.register(fs)
+	if err := parseFlags(fs, args, getenv, aliasC); err != nil {
 		return err
 	}
-	if path == "" {
+	if len(paths) == 0 {
 		return errors.New("no config: give -c FILE or set WARREN_CONFIG")
 	}
-	cfg, warnings, err := config.Load(path)
-	for _, w := range warnings {
-		fmt.Fprintf(stderr, "warning: %v\n", w)
+	var errs []error
+	for _, path := range paths {
+		cfg, warnings, err := config.Load(path)
+		for _, w := range warnings {
+			fmt.Fprintf(stderr, "warning: %v\n", w)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: valid: %d address(es), %d DNS server(s), %d peer(s)\n",
+			cfg.Path, len(cfg.Interface.Addresses), len(cfg.Interface.DNS), len(cfg.Peers))
 	}
-	if err != nil {
-		return fmt.Errorf("invalid config:\n%v", err)
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid config:\n%v", errors.Join(errs...))
 	}
-	fmt.Fprintf(stdout, "%s: valid: %d address(es), %d DNS server(s), %d peer(s)\n",
-		cfg.Path, len(cfg.Interface.Addresses), len(cfg.Interface.DNS), len(cfg.Peers))
 	return nil
 }
 
