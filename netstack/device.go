@@ -376,6 +376,18 @@ func (d *Device) sendHandshake(pk config.PublicKey) {
 	}
 }
 
+// rehandshake sends the peer a new handshake initiation now. wireguard-go
+// retries an unanswered handshake only every 5 s; restarting the peer resets
+// that limit. It is for a peer with no session yet: a restart forgets
+// whatever the peer had queued.
+func (d *Device) rehandshake(pk config.PublicKey) {
+	if p := d.wg.LookupPeer(device.NoisePublicKey(pk)); p != nil {
+		p.Stop()
+		p.Start()
+		p.SendHandshakeInitiation(false)
+	}
+}
+
 // counters returns the bytes received from and sent to all peers.
 func (d *Device) counters() (rx, tx uint64, err error) {
 	stats, err := d.Stats()

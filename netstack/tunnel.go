@@ -42,11 +42,15 @@ import (
 	"github.com/warren-vpn/warren/state"
 )
 
-// Verification: how often an attempt looks at the device's counters, and how
-// long it waits for an answer to a probe before sending another.
+// Verification: how often an attempt looks at the device's counters, how
+// long it waits for an answer to a probe before sending another, and how
+// often it sends a new handshake initiation until one is answered.
+// wireguard-go alone retries every 5 s; a peer that comes back (a network
+// that returns, a blackhole lifted) is found within handshakeRetry instead.
 const (
-	pollInterval = 20 * time.Millisecond
-	reprobeAfter = 1 * time.Second
+	pollInterval   = 20 * time.Millisecond
+	reprobeAfter   = 1 * time.Second
+	handshakeRetry = 1 * time.Second
 )
 
 // ErrNotConnected is returned by DialContext when no attempt is up.
@@ -323,6 +327,7 @@ func (t *Tunnel) verify(ctx context.Context, dev *Device, cfg *config.Config) (i
 	shook := -1 // the peer that completed a handshake
 	var base uint64
 	var probed time.Time
+	initiated := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -345,6 +350,14 @@ func (t *Tunnel) verify(ctx context.Context, dev *Device, cfg *config.Config) (i
 		}
 		switch {
 		case shook < 0:
+			if time.Since(initiated) >= handshakeRetry {
+				initiated = time.Now()
+				for _, p := range cfg.Peers {
+					if !p.Endpoint.IsZero() {
+						dev.rehandshake(p.PublicKey)
+					}
+				}
+			}
 		case probed.IsZero():
 			if len(targets) == 0 {
 				return shook, nil // nothing to probe: the handshake is all there is

@@ -318,3 +318,91 @@ func TestReconnect(t *testing.T) {
 		t.Fatalf("page %q", page)
 	}
 }
+
+// A peer that falls silent takes warren from Connected to Connecting within
+// 20 s, refusing at once from then on; when the peer is back, warren
+// reconnects by itself within 5 s.
+func TestBlackholeAndBack(t *testing.T) {
+	srv := startDemo(t, demo.Options{})
+	a := startTestApp(t, srv.ClientConfig())
+	a.machine.Connect(context.Background())
+	waitState(t, a, 10*time.Second, is(state.Connected))
+	c := socksClient(t, a.socks5Addr.String())
+	get(t, c, "http://demo.warren/")
+
+	srv.SetBlackhole(true)
+	silent := time.Now()
+	// An application keeps trying; its requests go unanswered.
+	short := socksClient(t, a.socks5Addr.String())
+	short.Timeout = 2 * time.Second
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if resp, err := short.Get("http://demo.warren/"); err == nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-stopped
+	}()
+	s := waitState(t, a, 25*time.Second, func(s state.Snapshot) bool { return s.State == state.Connecting })
+	detected := time.Since(silent)
+	t.Logf("connecting %v after the peer fell silent (cause %s: %s)", detected, s.Cause, s.Detail)
+	if detected > 20*time.Second {
+		t.Errorf("took %v to notice; want under 20s", detected)
+	}
+	if s.Cause != state.CauseLivenessLost {
+		t.Errorf("cause %q, want %q", s.Cause, state.CauseLivenessLost)
+	}
+	wantRefusedAtOnce(t, a, "with the peer silent")
+
+	time.Sleep(3 * time.Second) // let an attempt or two fail
+	srv.SetBlackhole(false)
+	back := time.Now()
+	waitState(t, a, 20*time.Second, is(state.Connected))
+	t.Logf("connected %v after the peer was back", time.Since(back))
+	if d := time.Since(back); d > 5*time.Second {
+		t.Errorf("took %v to reconnect; want under 5s", d)
+	}
+	get(t, c, "http://demo.warren/")
+}
+
+// With two configs, a failed attempt with the first moves to the second,
+// and the state says which one is in use.
+func TestFailoverToSecondConfig(t *testing.T) {
+	srv := startDemo(t, demo.Options{})
+	good := srv.ClientConfig()
+	good.Path = "b.conf"
+	dead := srv.ClientConfig()
+	dead.Path = "a.conf"
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0") // a port where nothing will answer
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Peers[0].Endpoint.Port = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	pc.Close()
+
+	a, err := startApp(appOptions{configs: []*config.Config{dead, good}, socks5: "127.0.0.1:0", log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.shutdown(context.Background())
+	s, _ := a.machine.Connect(context.Background())
+	if s.Config != "a.conf" {
+		t.Fatalf("first attempt with %q", s.Config)
+	}
+	s = waitState(t, a, 15*time.Second, is(state.Connected))
+	if s.Config != "b.conf" {
+		t.Fatalf("connected with %q, want b.conf", s.Config)
+	}
+	c := socksClient(t, a.socks5Addr.String())
+	get(t, c, "http://demo.warren/")
+}
