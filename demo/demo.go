@@ -78,7 +78,7 @@ type Server struct {
 }
 
 // Start starts a server. Close it when done.
-func Start(opts Options) (s *Server, err error) {
+func Start(opts Options) (_ *Server, err error) {
 	var zero config.PrivateKey
 	for _, k := range []*config.PrivateKey{&opts.ServerKey, &opts.ClientKey} {
 		if *k == zero {
@@ -105,16 +105,16 @@ func Start(opts Options) (s *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	s = &Server{dev: dev, bind: bind}
+	srv := &Server{dev: dev, bind: bind}
 	defer func() {
 		if err != nil {
-			s.Close()
+			srv.Close()
 		}
 	}()
-	if s.port, err = dev.ListenPort(); err != nil {
+	if srv.port, err = dev.ListenPort(); err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	s.clientCfg = &config.Config{
+	srv.clientCfg = &config.Config{
 		Path: "demo",
 		Interface: config.Interface{
 			PrivateKey: opts.ClientKey,
@@ -124,15 +124,15 @@ func Start(opts Options) (s *Server, err error) {
 		},
 		Peers: []config.Peer{{
 			PublicKey:  opts.ServerKey.PublicKey(),
-			Endpoint:   config.Endpoint{Host: "127.0.0.1", Port: s.port},
+			Endpoint:   config.Endpoint{Host: "127.0.0.1", Port: srv.port},
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 			Line:       1,
 		}},
 	}
 
-	s.http = &http.Server{Handler: Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv.http = &http.Server{Handler: Handler(), ReadHeaderTimeout: 10 * time.Second}
 	if opts.Logger != nil {
-		s.http.ErrorLog = slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)
+		srv.http.ErrorLog = slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)
 	}
 	mux := DNSHandler(Name, ServerIPv4, ServerIPv6)
 	for _, ip := range []netip.Addr{ServerIPv4, ServerIPv6} {
@@ -140,7 +140,7 @@ func Start(opts Options) (s *Server, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("demo: listen HTTP: %w", err)
 		}
-		s.serve(func() error { return s.http.Serve(l) })
+		srv.serve(func() error { return srv.http.Serve(l) })
 
 		pc, err := dev.ListenUDP(netip.AddrPortFrom(ip, 53))
 		if err != nil {
@@ -153,11 +153,11 @@ func Start(opts Options) (s *Server, err error) {
 			return nil, fmt.Errorf("demo: listen DNS/TCP: %w", err)
 		}
 		tcp := &dns.Server{Listener: tl, Handler: mux}
-		s.dns = append(s.dns, udp, tcp)
-		s.serve(udp.ActivateAndServe)
-		s.serve(tcp.ActivateAndServe)
+		srv.dns = append(srv.dns, udp, tcp)
+		srv.serve(udp.ActivateAndServe)
+		srv.serve(tcp.ActivateAndServe)
 	}
-	return s, nil
+	return srv, nil
 }
 
 func (s *Server) serve(f func() error) {

@@ -67,10 +67,10 @@ func NewDevice(opts DeviceOptions) (d *Device, err error) {
 		bind = conn.NewDefaultBind()
 	}
 	wg := device.NewDevice(ts, bind, wgLogger(opts.Logger))
-	d = &Device{wg: wg, ts: ts}
+	dev := &Device{wg: wg, ts: ts}
 	defer func() {
 		if err != nil {
-			d.Close()
+			dev.Close() // not d: a return statement has set it to nil
 		}
 	}()
 	if err := wg.IpcSet(uapiConfig(cfg, opts.Endpoints)); err != nil {
@@ -79,7 +79,7 @@ func NewDevice(opts DeviceOptions) (d *Device, err error) {
 	if err := wg.Up(); err != nil {
 		return nil, fmt.Errorf("netstack: bring device up: %v", err)
 	}
-	return d, nil
+	return dev, nil
 }
 
 // uapiConfig renders cfg in wireguard-go's configuration protocol. The text

@@ -298,3 +298,36 @@ func TestTunnelRetriesWithoutGrowing(t *testing.T) {
 		})
 	}
 }
+
+// A device that cannot be made (its ListenPort is taken) fails cleanly:
+// an error, nothing left open, and an unrecoverable failure from the Tunnel
+// that says why.
+func TestDeviceFailsCleanly(t *testing.T) {
+	fds := openFDs(t)
+	hold, err := net.ListenPacket("udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(hold.LocalAddr().(*net.UDPAddr).Port)
+	srv := startDemo(t)
+	cfg := srv.ClientConfig()
+	cfg.Interface.ListenPort = port
+
+	if _, err := netstack.NewDevice(netstack.DeviceOptions{Config: cfg}); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("NewDevice with a port in use: %v", err)
+	}
+	tun := netstack.NewTunnel(netstack.TunnelOptions{})
+	r := newReporter()
+	tun.Start(attempt(cfg, 5*time.Second), r)
+	e := r.next(t, 10*time.Second)
+	if e.kind != "failed" || e.cause != state.CauseTunnelDevice || e.rec || !strings.Contains(e.err.Error(), "address already in use") {
+		t.Fatalf("got %+v, want an unrecoverable tunnel-device failure saying the address is in use", e)
+	}
+	tun.Close()
+	if _, err := demo.Start(demo.Options{ListenPort: port}); err == nil {
+		t.Fatal("demo.Start with a port in use succeeded")
+	}
+	hold.Close()
+	srv.Close()
+	checkFDs(t, fds)
+}

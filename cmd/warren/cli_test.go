@@ -24,10 +24,13 @@ import (
 	"github.com/warren-vpn/warren/demo"
 )
 
+// base64Key is a key as wg-quick files write it.
+func base64Key(key [32]byte) string { return base64.StdEncoding.EncodeToString(key[:]) }
+
 // wgQuick renders cfg as a wg-quick file.
 func wgQuick(cfg *config.Config) string {
 	var b strings.Builder
-	k := func(key [32]byte) string { return base64.StdEncoding.EncodeToString(key[:]) }
+	k := base64Key
 	fmt.Fprintf(&b, "[Interface]\nPrivateKey = %s\n", k(cfg.Interface.PrivateKey))
 	for _, a := range cfg.Interface.Addresses {
 		fmt.Fprintf(&b, "Address = %s\n", a)
@@ -91,7 +94,18 @@ type process struct {
 
 func startWarren(t *testing.T, args ...string) *process {
 	t.Helper()
+	return startWarrenIn(t, "", args...)
+}
+
+// startWarrenIn starts warren in network namespace netns ("" for the
+// test's own), logging JSON.
+func startWarrenIn(t *testing.T, netns string, args ...string) *process {
+	t.Helper()
 	cmd := exec.Command(warrenBinary(t), args...)
+	if netns != "" {
+		// ip netns exec execs the command: the pid is warren's.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, warrenBinary(t)}, args...)...)
+	}
 	cmd.Env = append(os.Environ(), "WARREN_LOG_FORMAT=json")
 	stderr, _ := cmd.StderrPipe()
 	stdout, _ := cmd.StdoutPipe()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -22,7 +23,13 @@ import (
 	"github.com/warren-vpn/warren/state"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if arg := os.Getenv(helperEnv); arg != "" {
+		realPeerHelper(arg) // this process is a helper of the real-peer suite
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // testLogger logs to the test's log.
 func testLogger(t *testing.T) *slog.Logger {
