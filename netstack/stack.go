@@ -122,7 +122,9 @@ func newTunStack(addrs []netip.Prefix, mtu int) (ts *tunStack, err error) {
 		s.AddRoute(tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
 	}
 	ts.ctx, ts.cancel = context.WithCancel(context.Background())
-	ts.events <- tun.EventUp
+	// No tun.EventUp: wireguard-go would bring the device up on it at once,
+	// racing the configuration and binding a random port before listen_port
+	// is set. NewDevice calls Up itself once the device is configured.
 	return ts, nil
 }
 
