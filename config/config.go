@@ -50,7 +50,65 @@ type Config struct {
 	Interface Interface
 	// Peers has at least one element, and at least one peer has an Endpoint.
 	Peers []Peer
+	// Frontends are the listeners a wireproxy file asks for. A wg-quick
+	// file has none.
+	Frontends Frontends
+	// Wireproxy is true when the file was in wireproxy's format.
+	Wireproxy bool
 }
+
+// Frontends are the listeners of a wireproxy file: its [Socks5], [http],
+// [TCPClientTunnel] and [TCPServerTunnel] sections, each in file order.
+type Frontends struct {
+	SOCKS5   []ProxyListener
+	HTTP     []ProxyListener
+	Forwards []Forward // [TCPClientTunnel]
+	Exposes  []Expose  // [TCPServerTunnel]
+}
+
+// IsZero reports whether no listener is asked for.
+func (f *Frontends) IsZero() bool {
+	return len(f.SOCKS5) == 0 && len(f.HTTP) == 0 && len(f.Forwards) == 0 && len(f.Exposes) == 0
+}
+
+// ProxyListener is a [Socks5] or [http] section.
+type ProxyListener struct {
+	// BindAddress is host:port as written (the host may be empty or a
+	// name, as net.Listen accepts).
+	BindAddress string
+	// Username and Password are both set, or both empty (no
+	// authentication).
+	Username string
+	Password Password
+	// Line is the line of the section header.
+	Line int
+}
+
+// Forward is a [TCPClientTunnel]: a local TCP listener whose connections go
+// to Target inside the tunnel.
+type Forward struct {
+	BindAddress string // host:port, as net.Listen accepts
+	// Target is host:port; the host may be a name, resolved through the
+	// tunnel.
+	Target string
+	Line   int
+}
+
+// Expose is a [TCPServerTunnel]: a TCP listener on the tunnel's addresses
+// whose connections go to Target on the local network.
+type Expose struct {
+	ListenPort uint16
+	Target     string // host:port
+	Line       int
+}
+
+// Password is a proxy password. Like a key, it never prints itself; use
+// string(p) where the password itself is needed.
+type Password string
+
+func (Password) String() string       { return redacted }
+func (Password) GoString() string     { return redacted }
+func (Password) LogValue() slog.Value { return slog.StringValue(redacted) }
 
 // Interface is the [Interface] section.
 type Interface struct {

@@ -4,13 +4,17 @@
 // connects warren to it, and the end-to-end tests use it as the peer, so
 // both run anywhere without root, a kernel module or a network.
 //
-// Inside the tunnel the server is 10.77.0.1 and fd77::1, and its DNS server
-// answers for the name demo.warren (A and AAAA) and nothing else. The client
-// it expects is 10.77.0.2 and fd77::2. Its web site:
+// Inside the tunnel the server is 10.77.0.1 and fd77::1. The client it
+// expects is 10.77.0.2 and fd77::2. Its DNS server (port 53, UDP and TCP)
+// answers for demo.warren (A, AAAA and TXT), for big.demo.warren (TXT
+// records too large for a 512-byte UDP answer, so that clients must retry
+// over TCP), and NXDOMAIN for everything else (see DNSHandler). Port 7
+// echoes UDP datagrams back to their sender. Its web site:
 //
 //	/                 a page saying which tunnel address the request came from
 //	/bytes/N          N bytes of deterministic, incompressible data (see Bytes)
-//	/upload           POST a body; the answer is its length and SHA-256
+//	/upload           POST or PUT a body; the answer is the method, the
+//	                  body's length and its SHA-256
 //
 // Its UDP socket is wireguard-go's default: it listens on every interface of
 // the host, on a random port unless one is asked for. It accepts nothing but
@@ -24,9 +28,11 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +54,9 @@ var (
 	ClientIPv4 = netip.MustParseAddr("10.77.0.2")
 	ClientIPv6 = netip.MustParseAddr("fd77::2")
 )
+
+// EchoPort is the UDP port on which the server echoes datagrams.
+const EchoPort = 7
 
 // MaxBytes is the largest /bytes/N the server serves.
 const MaxBytes = 1 << 32
@@ -72,6 +81,7 @@ type Server struct {
 
 	http *http.Server
 	dns  []*dns.Server
+	echo []net.PacketConn
 	wg   sync.WaitGroup // the serving goroutines
 
 	closeOnce sync.Once
@@ -156,6 +166,13 @@ func Start(opts Options) (_ *Server, err error) {
 		srv.dns = append(srv.dns, udp, tcp)
 		srv.serve(udp.ActivateAndServe)
 		srv.serve(tcp.ActivateAndServe)
+
+		echo, err := dev.ListenUDP(netip.AddrPortFrom(ip, EchoPort))
+		if err != nil {
+			return nil, fmt.Errorf("demo: listen UDP echo: %w", err)
+		}
+		srv.echo = append(srv.echo, echo)
+		srv.serve(func() error { return serveEcho(echo) })
 	}
 	return srv, nil
 }
@@ -193,6 +210,9 @@ func (s *Server) Close() error {
 		}
 		for _, d := range s.dns {
 			d.Shutdown()
+		}
+		for _, e := range s.echo {
+			e.Close()
 		}
 		s.dev.Close()
 		s.wg.Wait()
@@ -250,15 +270,17 @@ func Handler() http.Handler {
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		io.Copy(w, Bytes(n))
 	})
-	mux.HandleFunc("POST /upload", func(w http.ResponseWriter, r *http.Request) {
+	upload := func(w http.ResponseWriter, r *http.Request) {
 		h := sha256.New()
 		n, err := io.Copy(h, r.Body)
 		if err != nil {
 			http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		fmt.Fprintf(w, "%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
-	})
+		fmt.Fprintf(w, "%s %d %s\n", r.Method, n, hex.EncodeToString(h.Sum(nil)))
+	}
+	mux.HandleFunc("POST /upload", upload)
+	mux.HandleFunc("PUT /upload", upload)
 	return mux
 }
 
@@ -268,10 +290,41 @@ func Bytes(n int64) io.Reader {
 	return io.LimitReader(rand.NewChaCha8([32]byte{'w', 'a', 'r', 'r', 'e', 'n'}), n)
 }
 
-// DNSHandler answers A and AAAA queries for name with v4 and v6, and
-// NXDOMAIN for any other name.
+// serveEcho sends every datagram back to where it came from, until pc is
+// closed.
+func serveEcho(pc net.PacketConn) error {
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		pc.WriteTo(buf[:n], from)
+	}
+}
+
+// The TXT records DNSHandler serves.
+var (
+	// TXT is demo.warren's one TXT record.
+	TXT = "warren demo peer"
+	// BigTXT are the TXT records of big.<name>: 20 strings of 100 bytes,
+	// more than a 512-byte UDP answer holds.
+	BigTXT = func() []string {
+		s := make([]string, 20)
+		for i := range s {
+			s[i] = fmt.Sprintf("%02d", i) + strings.Repeat("x", 98)
+		}
+		return s
+	}()
+)
+
+// DNSHandler answers for name (A and AAAA with v4 and v6, TXT with TXT) and
+// for big.<name> (TXT with BigTXT, truncated over UDP unless the query's
+// EDNS0 buffer is large enough), and NXDOMAIN, with an SOA whose minimum
+// TTL is 30 s, for any other name. Positive answers have a TTL of 60 s.
 func DNSHandler(name string, v4, v6 netip.Addr) dns.Handler {
 	fqdn := dns.CanonicalName(name)
+	big := "big." + fqdn
 	return dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -283,19 +336,39 @@ func DNSHandler(name string, v4, v6 netip.Addr) dns.Handler {
 			return
 		}
 		question := q.Question[0]
-		if dns.CanonicalName(question.Name) != fqdn {
-			m.Rcode = dns.RcodeNameError
-			w.WriteMsg(m)
-			return
-		}
+		qname := dns.CanonicalName(question.Name)
 		hdr := dns.RR_Header{Name: question.Name, Class: dns.ClassINET, Ttl: 60}
-		switch question.Qtype {
-		case dns.TypeA:
+		switch {
+		case qname == fqdn && question.Qtype == dns.TypeA:
 			hdr.Rrtype = dns.TypeA
 			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: v4.AsSlice()})
-		case dns.TypeAAAA:
+		case qname == fqdn && question.Qtype == dns.TypeAAAA:
 			hdr.Rrtype = dns.TypeAAAA
 			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: v6.AsSlice()})
+		case qname == fqdn && question.Qtype == dns.TypeTXT:
+			hdr.Rrtype = dns.TypeTXT
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr, Txt: []string{TXT}})
+		case qname == big && question.Qtype == dns.TypeTXT:
+			hdr.Rrtype = dns.TypeTXT
+			for _, t := range BigTXT {
+				m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr, Txt: []string{t}})
+			}
+		case qname == fqdn || qname == big:
+			// The name exists, with no record of this type: NODATA.
+		default:
+			m.Rcode = dns.RcodeNameError
+			m.Ns = append(m.Ns, &dns.SOA{
+				Hdr: dns.RR_Header{Name: fqdn, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 30},
+				Ns:  "ns." + fqdn, Mbox: "hostmaster." + fqdn,
+				Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: 30,
+			})
+		}
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			size := dns.MinMsgSize
+			if opt := q.IsEdns0(); opt != nil {
+				size = max(int(opt.UDPSize()), dns.MinMsgSize)
+			}
+			m.Truncate(size)
 		}
 		w.WriteMsg(m)
 	})

@@ -246,41 +246,17 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	return relay(client, req.Reader, target)
 }
 
-// dial waits for the gate (at most its Hold), resolves dest if it is a name,
-// and dials it through the gate, trying each address in turn.
+// dial dials dest through the gate, resolving a name through the tunnel.
 func (s *SOCKS5) dial(ctx context.Context, dest *statute.AddrSpec) (net.Conn, error) {
-	if err := s.Gate.Wait(ctx); err != nil {
-		return nil, err // refuse before resolving anything
-	}
-	port := uint16(dest.Port)
-	if dest.FQDN == "" {
+	host := dest.FQDN
+	if host == "" {
 		ip, ok := netip.AddrFromSlice(dest.IP)
 		if !ok {
 			return nil, fmt.Errorf("proxy: bad address %v", dest.IP)
 		}
-		return s.Gate.DialContext(ctx, "tcp", netip.AddrPortFrom(ip.Unmap(), port))
+		host = ip.String()
 	}
-	if s.Resolver == nil {
-		return nil, &net.DNSError{Err: "no resolver for names", Name: dest.FQDN}
-	}
-	addrs, err := s.Resolver.LookupNetIP(ctx, "ip", dest.FQDN)
-	if err != nil {
-		return nil, err
-	}
-	var firstErr error
-	for _, a := range addrs {
-		c, err := s.Gate.DialContext(ctx, "tcp", netip.AddrPortFrom(a, port))
-		if err == nil {
-			return c, nil
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-		if errors.Is(err, state.ErrBlocked) || ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, firstErr
+	return dialHost(ctx, s.Gate, s.Resolver, "tcp", host, uint16(dest.Port))
 }
 
 // replyCode maps a failure to open a flow to a SOCKS5 reply.
