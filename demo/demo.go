@@ -22,6 +22,7 @@
 package demo
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -198,6 +199,17 @@ func (s *Server) ClientConfig() *config.Config {
 
 // Port returns the server's UDP port on the host.
 func (s *Server) Port() uint16 { return s.port }
+
+// DialTunnel opens a TCP connection from the server's side of the tunnel,
+// as a host inside the tunnel would: how a test reaches a service that the
+// client exposes in the tunnel.
+func (s *Server) DialTunnel(ctx context.Context, to netip.AddrPort) (net.Conn, error) {
+	c, err := s.dev.DialTCP(ctx, to)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
 // Stats returns the server's view of its peer (the client).
 func (s *Server) Stats() ([]netstack.PeerStats, error) { return s.dev.Stats() }

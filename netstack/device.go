@@ -308,11 +308,6 @@ func (d *Device) SendPing(to netip.Addr) error {
 	return nil
 }
 
-// HasIPv4 and HasIPv6 report whether the tunnel has an address of that
-// family, and so can reach destinations of it.
-func (d *Device) HasIPv4() bool { return d.ts.v4 }
-func (d *Device) HasIPv6() bool { return d.ts.v6 }
-
 // opError converts a gVisor error where it enters our code: to a *net.OpError
 // whose Err is the matching errno where there is one, so callers can test
 // for, e.g., syscall.ECONNREFUSED.

@@ -33,6 +33,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -203,6 +204,55 @@ func (t *Tunnel) DialContext(ctx context.Context, network string, to netip.AddrP
 		return up.dev.DialUDP(to)
 	}
 	return nil, fmt.Errorf("netstack: dial: unsupported network %q", network)
+}
+
+// ListenPacket opens an unconnected UDP socket in the tunnel: network
+// "udp4" or "udp6", bound to the tunnel's own address of that family and a
+// free port. It fails with ErrNotConnected when no attempt is up.
+func (t *Tunnel) ListenPacket(ctx context.Context, network string) (net.PacketConn, error) {
+	dev, at, err := t.own(network, "udp")
+	if err != nil {
+		return nil, err
+	}
+	return dev.ListenUDP(at)
+}
+
+// Listen listens for TCP connections on port of the tunnel's own addresses
+// of one family: network "tcp4" or "tcp6". The listener belongs to the
+// device that is up now and stops working when it goes down. It fails with
+// ErrNotConnected when no attempt is up.
+func (t *Tunnel) Listen(ctx context.Context, network string, port uint16) (net.Listener, error) {
+	dev, at, err := t.own(network, "tcp")
+	if err != nil {
+		return nil, err
+	}
+	return dev.ListenTCP(netip.AddrPortFrom(at.Addr(), port))
+}
+
+// own returns the device that is up and its first address of network's
+// family, which must be proto followed by 4 or 6. It binds to that address,
+// not to the unspecified one: gVisor's [::] listens for IPv4 too, and would
+// take the port from a tcp4 listener on the same port.
+func (t *Tunnel) own(network, proto string) (*Device, netip.AddrPort, error) {
+	up := t.up.Load()
+	if up == nil {
+		return nil, netip.AddrPort{}, ErrNotConnected
+	}
+	var want func(netip.Addr) bool
+	switch network {
+	case proto + "4":
+		want = netip.Addr.Is4
+	case proto + "6":
+		want = netip.Addr.Is6
+	default:
+		return nil, netip.AddrPort{}, fmt.Errorf("netstack: unsupported network %q", network)
+	}
+	for _, p := range up.cfg.Interface.Addresses {
+		if want(p.Addr()) {
+			return up.dev, netip.AddrPortFrom(p.Addr(), 0), nil
+		}
+	}
+	return nil, netip.AddrPort{}, fmt.Errorf("netstack: %s: the tunnel has no address of this family: %w", network, syscall.EADDRNOTAVAIL)
 }
 
 // DNS returns the DNS servers of the config the tunnel is up with, or nil

@@ -1,11 +1,14 @@
 // Package proxy holds warren's front-ends for applications: the gate that
-// every proxied flow goes through, and the SOCKS5 server.
+// every proxied flow goes through, the SOCKS5 server (CONNECT and UDP
+// ASSOCIATE), the HTTP proxy, and port forwards into the tunnel (Forward)
+// and out of it to a local service (Expose).
 //
 // It knows nothing of WireGuard or gVisor. The gate is handed a Dialer (the
 // tunnel) and a policy (from the state machine); front-ends are handed the
-// gate, and a Resolver for names. There is no other way out: nothing in this
-// package dials the host's network, and names are never given to the host's
-// resolver.
+// gate, and a Resolver for names. There is no other way out: no proxied
+// flow dials the host's network, and names are never given to the host's
+// resolver. The one connection made on the host is Expose's, to the local
+// service the user named, for a connection that came in through the tunnel.
 package proxy
 
 import (
@@ -25,6 +28,19 @@ import (
 // Dialer dials an address (never a name) through the tunnel.
 type Dialer interface {
 	DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error)
+}
+
+// PacketListener is a tunnel that can also open unconnected UDP sockets, as
+// SOCKS5's UDP ASSOCIATE needs. network is "udp4" or "udp6"; the socket is
+// bound to the tunnel's own address of that family and a free port.
+type PacketListener interface {
+	ListenPacket(ctx context.Context, network string) (net.PacketConn, error)
+}
+
+// StreamListener is a tunnel that can listen for TCP connections on its own
+// addresses, as --expose needs. network is "tcp4" or "tcp6".
+type StreamListener interface {
+	Listen(ctx context.Context, network string, port uint16) (net.Listener, error)
 }
 
 // Resolver resolves names through the tunnel's DNS.
@@ -97,12 +113,15 @@ func (g *Gate) Apply(s state.Snapshot) error {
 	if old.blocked == nil && s.State == state.Connected {
 		return nil // still open: live flows carry on
 	}
-	g.policy.Store(newGatePolicy(s))
-	old.cancel()
+	// The new policy and an empty set of flows, together: a flow that
+	// registers under the new policy (once it is told of it, below) is
+	// not one of the old ones to abort.
 	g.mu.Lock()
+	g.policy.Store(newGatePolicy(s))
 	flows := g.flows
 	g.flows = make(map[*flow]struct{})
 	g.mu.Unlock()
+	old.cancel()
 	for f := range flows {
 		f.abort()
 	}
@@ -148,30 +167,99 @@ func (g *Gate) Flows() int {
 // DialContext dials to through the tunnel if the gate is open, and returns a
 // connection that is aborted when the gate closes. Closing it ends the flow.
 func (g *Gate) DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error) {
-	if err := g.Wait(ctx); err != nil {
+	c, f, err := openFlow(g, ctx, func(ctx context.Context) (net.Conn, error) {
+		return g.tunnel.DialContext(ctx, network, to)
+	})
+	if err != nil {
 		return nil, err
+	}
+	return &flowConn{Conn: c, g: g, f: f}, nil
+}
+
+// ListenPacket opens a UDP socket in the tunnel ("udp4" or "udp6") if the
+// gate is open. The socket is closed when the gate closes; closing it ends
+// the flow. It fails if the tunnel cannot open UDP sockets.
+func (g *Gate) ListenPacket(ctx context.Context, network string) (net.PacketConn, error) {
+	pl, ok := g.tunnel.(PacketListener)
+	if !ok {
+		return nil, fmt.Errorf("proxy: the tunnel cannot open UDP sockets")
+	}
+	pc, f, err := openFlow(g, ctx, func(ctx context.Context) (net.PacketConn, error) {
+		return pl.ListenPacket(ctx, network)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &flowPacketConn{PacketConn: pc, g: g, f: f}, nil
+}
+
+// Listen listens on port of the tunnel's own address ("tcp4" or "tcp6") if
+// the gate is open. The listener is closed when the gate closes; the
+// connections it accepts are not flows of the gate until Tracked.
+func (g *Gate) Listen(ctx context.Context, network string, port uint16) (net.Listener, error) {
+	sl, ok := g.tunnel.(StreamListener)
+	if !ok {
+		return nil, fmt.Errorf("proxy: the tunnel cannot listen")
+	}
+	l, f, err := openFlow(g, ctx, func(ctx context.Context) (net.Listener, error) {
+		return sl.Listen(ctx, network, port)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &flowListener{Listener: l, g: g, f: f}, nil
+}
+
+// WaitOpen waits until the gate is open, however long that takes, or ctx
+// ends. It is for listeners that follow the tunnel (--expose), not for
+// flows, which use Wait and its Hold.
+func (g *Gate) WaitOpen(ctx context.Context) error {
+	for {
+		p := g.policy.Load()
+		if p.blocked == nil {
+			return nil
+		}
+		select {
+		case <-p.ctx.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Changed returns a channel that is closed when the gate's policy next
+// changes (it opens or closes).
+func (g *Gate) Changed() <-chan struct{} { return g.policy.Load().ctx.Done() }
+
+// openFlow waits for the gate (at most its Hold), runs open with a context
+// that is cancelled if the gate closes meanwhile, and registers what it
+// opened as a flow of the period it was opened in.
+func openFlow[T io.Closer](g *Gate, ctx context.Context, open func(context.Context) (T, error)) (T, *flow, error) {
+	var zero T
+	if err := g.Wait(ctx); err != nil {
+		return zero, nil, err
 	}
 	p := g.policy.Load()
 	if p.blocked != nil {
-		return nil, p.blocked // closed again since Wait
+		return zero, nil, p.blocked // closed again since Wait
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(p.ctx, cancel)
 	defer stop()
-	c, err := g.tunnel.DialContext(ctx, network, to)
+	c, err := open(ctx)
 	if err != nil {
 		if p.ctx.Err() != nil {
-			return nil, g.Blocked() // the gate closed while dialing
+			return zero, nil, g.Blocked() // the gate closed while opening
 		}
-		return nil, err
+		return zero, nil, err
 	}
 	f := &flow{abort: func() { abort(c) }}
 	if err := g.register(p, f); err != nil {
 		abort(c)
-		return nil, err
+		return zero, nil, err
 	}
-	return &flowConn{Conn: c, g: g, f: f}, nil
+	return c, f, nil
 }
 
 // Track registers a connection the gate does not make, such as a client's
@@ -221,6 +309,34 @@ type flowConn struct {
 func (c *flowConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.g.unregister(c.f) })
+	return err
+}
+
+// flowPacketConn is a UDP socket opened by the gate.
+type flowPacketConn struct {
+	net.PacketConn
+	g    *Gate
+	f    *flow
+	once sync.Once
+}
+
+func (c *flowPacketConn) Close() error {
+	err := c.PacketConn.Close()
+	c.once.Do(func() { c.g.unregister(c.f) })
+	return err
+}
+
+// flowListener is a tunnel listener opened by the gate.
+type flowListener struct {
+	net.Listener
+	g    *Gate
+	f    *flow
+	once sync.Once
+}
+
+func (l *flowListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { l.g.unregister(l.f) })
 	return err
 }
 

@@ -29,12 +29,14 @@ var ErrServerClosed = errors.New("proxy: server closed")
 
 // SOCKS5 is a SOCKS5 server (RFC 1928) whose every flow goes through a Gate.
 //
-// CONNECT is supported with IPv4, IPv6 and domain-name addresses; names are
-// resolved by Resolver, through the tunnel. While the gate is blocked, every
-// CONNECT is answered with reply 0x02 (connection not allowed by ruleset),
-// at once or after the gate's Hold, and its connection closed. BIND and UDP ASSOCIATE are answered
-// 0x07 (command not supported). A client that sends anything but SOCKS5 is
-// disconnected; other clients are not affected.
+// CONNECT and UDP ASSOCIATE are supported with IPv4, IPv6 and domain-name
+// addresses; names are resolved by Resolver, through the tunnel. While the
+// gate is blocked, every CONNECT and ASSOCIATE is answered with reply 0x02
+// (connection not allowed by ruleset), at once or after the gate's Hold, and
+// its connection closed. BIND is answered 0x07 (command not supported). A
+// client that sends anything but SOCKS5, or wrong credentials, is
+// disconnected; other clients are not affected. See udp.go for how UDP
+// associations work.
 //
 // The protocol itself is github.com/things-go/go-socks5's, with its name
 // resolution (which would use the host's resolver) and its dialing (which
@@ -45,6 +47,10 @@ type SOCKS5 struct {
 	// Resolver resolves names in CONNECT requests. If nil, requests by name
 	// fail with reply 0x04 (host unreachable).
 	Resolver Resolver
+	// Credentials, if set, are required (RFC 1929 username/password
+	// authentication); clients that offer no other method are refused.
+	// If nil, no authentication is asked for.
+	Credentials *Credentials
 	// Logger gets one debug line per request; nil discards.
 	Logger *slog.Logger
 	// HandshakeTimeout bounds the time from accepting a connection to the
@@ -75,16 +81,22 @@ func (s *SOCKS5) init() {
 		s.log = s.log.With("component", "socks5")
 		s.listeners = make(map[net.Listener]struct{})
 		s.conns = make(map[net.Conn]struct{})
-		s.srv = socks5.NewServer(
+		opts := []socks5.Option{
 			socks5.WithResolver(keepNames{}),
 			socks5.WithConnectHandle(s.connect),
-			socks5.WithAssociateHandle(notSupported),
+			socks5.WithAssociateHandle(s.associate),
 			socks5.WithBindHandle(notSupported),
 			socks5.WithDial(func(context.Context, string, string) (net.Conn, error) {
 				return nil, errors.New("proxy: no dialing outside the gate")
 			}),
 			socks5.WithLogger(socksLogger{s.log}),
-		)
+		}
+		if s.Credentials != nil {
+			opts = append(opts, socks5.WithAuthMethods([]socks5.Authenticator{
+				socks5.UserPassAuthenticator{Credentials: credentialStore{s.Credentials, s.log}},
+			}))
+		}
+		s.srv = socks5.NewServer(opts...)
 	})
 }
 
@@ -99,30 +111,14 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 	}
 	defer s.untrack(l, nil)
 	defer l.Close()
-	var backoff time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if s.isClosed() {
-				return ErrServerClosed
-			}
-			if !transientAcceptError(err) {
-				return err
-			}
-			// Out of file descriptors, or a client gave up during accept:
-			// wait a little and go on serving, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
+	return acceptLoop(l, s.isClosed, s.log, func(c net.Conn) bool {
 		if !s.track(nil, c) {
 			c.Close()
-			return ErrServerClosed
+			return false
 		}
 		go s.serveConn(c)
-	}
+		return true
+	})
 }
 
 func (s *SOCKS5) serveConn(c net.Conn) {
@@ -142,6 +138,34 @@ func (s *SOCKS5) serveConn(c net.Conn) {
 func transientAcceptError(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
 		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS)
+}
+
+// acceptLoop accepts connections on l and hands each to handle, until
+// handle returns false or Accept fails for good: it returns
+// ErrServerClosed if closed reports true by then, and Accept's error
+// otherwise. Out of file descriptors, or a client gone during accept, it
+// waits a little and goes on, as net/http does.
+func acceptLoop(l net.Listener, closed func() bool, log *slog.Logger, handle func(net.Conn) bool) error {
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if closed() {
+				return ErrServerClosed
+			}
+			if !transientAcceptError(err) {
+				return err
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.Warn("accept failed; retrying", "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !handle(c) {
+			return ErrServerClosed
+		}
+	}
 }
 
 // track adds a listener or a connection to the server's sets, unless the
@@ -287,7 +311,7 @@ func boundAddr(c net.Conn) net.Addr {
 
 // relay copies both ways until both are done. A direction that ends cleanly
 // half-closes the other side, or closes both if that side cannot half-close;
-// an error on either side ends both.
+// an error on either side resets both (see abort).
 func relay(client net.Conn, fromClient io.Reader, target net.Conn) error {
 	errc := make(chan error, 2)
 	pipe := func(dst net.Conn, src io.Reader) {
@@ -306,9 +330,11 @@ func relay(client net.Conn, fromClient io.Reader, target net.Conn) error {
 	var first error
 	for range 2 {
 		if err := <-errc; err != nil && first == nil {
+			// A flow cut on one side is reset on the other, so that a
+			// cut download never looks like a complete one.
 			first = err
-			client.Close()
-			target.Close()
+			abort(client)
+			abort(target)
 		}
 	}
 	return first
@@ -320,6 +346,20 @@ type keepNames struct{}
 
 func (keepNames) Resolve(ctx context.Context, name string) (context.Context, net.IP, error) {
 	return ctx, nil, nil
+}
+
+// credentialStore adapts Credentials to go-socks5, logging failures.
+type credentialStore struct {
+	c   *Credentials
+	log *slog.Logger
+}
+
+func (cs credentialStore) Valid(user, password, client string) bool {
+	if cs.c.Valid(user, password) {
+		return true
+	}
+	cs.log.Warn("authentication failed", "client", client, "user", user)
+	return false
 }
 
 func notSupported(ctx context.Context, w io.Writer, req *socks5.Request) error {
