@@ -1,10 +1,14 @@
-// Package config reads WireGuard configuration files in the wg-quick format
-// into one validated Config value.
+// Package config reads WireGuard configuration files, in wg-quick's format
+// or in wireproxy's (https://github.com/whyvl/wireproxy), into one validated
+// Config value.
 //
 // It owns parsing and validation only: it opens no sockets and resolves no
 // names (an Endpoint's host name is kept as written and resolved by the
 // backend at every connection attempt). Every error names the file, the line
-// and the key, and no error or warning ever contains the value of a key.
+// and the key, and no error or warning ever contains the value of a secret:
+// a private or preshared key, a proxy password, or anything taken from an
+// environment variable (but for the path of a WGConfig file that exists,
+// which its own messages name).
 //
 // What is accepted, and what was decided where wg-quick is silent:
 //
@@ -23,8 +27,61 @@
 //     PreDown, PostDown, SaveConfig, FwMark) are accepted with a warning.
 //     Any other key is an error, as is a single-valued key given twice, a
 //     second [Interface] section, or a key outside a section.
-//   - A file that its group or others can read gives a warning: it holds a
-//     private key.
+//   - Load warns when a file that its group or others can read holds a
+//     secret written out.
+//
+// # Wireproxy
+//
+// A file is in wireproxy's format when, before its first section, it has
+// one of wireproxy's keys (WGConfig, CheckAlive, CheckAliveInterval), or
+// when it has one of wireproxy's sections ([Socks5], [http],
+// [TCPClientTunnel], [TCPServerTunnel], [STDIOTunnel], [UDPProxyTunnel]),
+// in any case. Any other file is read as wg-quick's, exactly as above.
+// Config.Wireproxy tells which it was. A wireproxy file is read as wireproxy
+// (with go-ini) reads it, and as wg-quick's otherwise:
+//
+//   - '#' and ';' start a comment, even after a value. A value in `backquotes`
+//     or """triple quotes""" (on one line) is taken as it is, comment
+//     characters included; one in "double" or 'single' quotes loses them.
+//     Keys are "key = value" only (not go-ini's "key: value").
+//   - A value that starts with '$' is the value of an environment variable:
+//     $NAME or ${NAME}, the whole value; "$$" at the start stands for a
+//     literal '$'. This applies to every key's value (wireproxy's own
+//     code skips some keys); a bad name, or a variable that is not set, is an
+//     error naming the variable. The variable's value is then checked as if
+//     written, and a message about it names the variable, never the value.
+//   - Before the first section: WGConfig names a wg-quick file that holds
+//     [Interface] and [Peer]. It is relative to the wireproxy file's own
+//     directory (wireproxy takes it relative to its working directory; the
+//     file's directory does not change with where warren is started), or
+//     absolute; no '~'. It is read as a wireproxy file's own [Interface] and
+//     [Peer] are (comments, quotes, $NAME, AllowedIPs), and its errors name
+//     it and its lines. WGConfig with an inline [Interface] or [Peer] is an
+//     error (wireproxy silently ignores the inline ones).
+//   - CheckAlive and CheckAliveInterval, before the first section or in
+//     [Interface] (where wireproxy reads them), are accepted with a warning:
+//     warren's own liveness monitor replaces them. Any other key before the
+//     first section is an error.
+//   - [Peer]: a peer without AllowedIPs gets 0.0.0.0/0 and ::/0, as in
+//     wireproxy. Multi-line keys (Address on two lines) accumulate, as in
+//     wg-quick (wireproxy keeps the first line only). Unknown keys in
+//     [Interface] and [Peer] are errors, as in a wg-quick file (wireproxy
+//     ignores them).
+//   - [Socks5] and [http]: BindAddress (required), and Username and Password
+//     together or not at all. [TCPClientTunnel]: BindAddress and Target.
+//     [TCPServerTunnel]: ListenPort and Target. Each may appear any number
+//     of times, and fills Config.Frontends. A BindAddress is host:port; the
+//     host may be empty (every address), an IP address or a host name, and
+//     the port is a number from 1 to 65535 (not 0: a random port no client
+//     would know). A Target is host:port with a host and a port from 1 to
+//     65535; an IP address in a TCPClientTunnel Target (inside the tunnel)
+//     cannot have a zone. A ListenPort is from 1 to 65535. A missing
+//     required key is an error at the section's header, as is any other key.
+//   - [STDIOTunnel] (warren runs as a service, with no stdin to relay),
+//     [UDPProxyTunnel] and unknown sections are errors naming the section.
+//
+// Reading a wireproxy file may read the environment and a second file:
+// ParseOptions supplies both, and Parse and Load use the process's own.
 package config
 
 import (
@@ -55,6 +112,10 @@ type Config struct {
 	Frontends Frontends
 	// Wireproxy is true when the file was in wireproxy's format.
 	Wireproxy bool
+	// WGConfig is the wg-quick file that a wireproxy file's WGConfig key
+	// names, as read (absolute, or relative to where Path is), or "". When
+	// set, Interface and Peers come from it, and Peer.Line is a line of it.
+	WGConfig string
 }
 
 // Frontends are the listeners of a wireproxy file: its [Socks5], [http],

@@ -35,7 +35,8 @@ type Issue struct {
 	// Key is the key as the file spells it, or a section such as "[Peer]",
 	// or "" when the problem is not about one key.
 	Key string
-	// Msg says what is wrong. It never contains the value of a key.
+	// Msg says what is wrong. It never contains a secret (see the package
+	// documentation).
 	Msg string
 }
 
@@ -67,67 +68,158 @@ func (e Errors) Error() string {
 	return strings.Join(s, "\n")
 }
 
+// ParseOptions give Parse what a wireproxy file may take from outside
+// itself: environment variables (a value written $NAME) and the wg-quick
+// file its WGConfig key names. A wg-quick file takes neither. The zero
+// value means the process's own environment and file system.
+type ParseOptions struct {
+	// LookupEnv returns an environment variable's value and whether it is
+	// set. nil means os.LookupEnv.
+	LookupEnv func(name string) (string, bool)
+	// ReadFile returns the contents of the file at path: WGConfig's value,
+	// an absolute path or one joined to the wireproxy file's directory.
+	// nil means reading it from the file system as Load reads its file,
+	// with the same warning when its group or others can read it; a
+	// ReadFile of the caller's own gets no such warning.
+	ReadFile func(path string) ([]byte, error)
+}
+
+// Load reads and parses the config file at path, in either format, as
+// ParseOptions{}.Load does.
+func Load(path string) (*Config, []*Issue, error) { return ParseOptions{}.Load(path) }
+
 // Load reads and parses the config file at path. Besides Parse's warnings,
-// it warns when the file is readable by its group or others.
-func Load(path string) (*Config, []*Issue, error) {
-	fail := func(msg string) (*Config, []*Issue, error) {
-		return nil, nil, Errors{{File: path, Msg: msg}}
+// it warns when the file is readable by its group or others and holds a
+// secret written out (not taken from the environment).
+func (o ParseOptions) Load(path string) (*Config, []*Issue, error) {
+	data, perm, err := readConfigFile(path)
+	if err != nil {
+		return nil, nil, Errors{{File: path, Msg: "cannot read: " + openErrorReason(err)}}
 	}
+	p := o.parse(path, data)
+	p.warnIfReadable(perm)
+	return p.result()
+}
+
+var errIsDir = errors.New("is a directory, not a config file")
+
+// readConfigFile reads the file at path, up to MaxFileSize+1 bytes (enough
+// to tell that it is too large), and returns its permission bits.
+func readConfigFile(path string) ([]byte, fs.FileMode, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return fail(describeOpenError(err))
+		return nil, 0, err
 	}
 	defer f.Close()
 	info, err := f.Stat()
 	if err != nil {
-		return fail(describeOpenError(err))
+		return nil, 0, err
 	}
 	if info.IsDir() {
-		return fail("is a directory, not a config file")
+		return nil, 0, errIsDir
 	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		return fail(describeOpenError(err))
+		return nil, 0, err
 	}
-	cfg, warnings, err := Parse(path, data)
-	if info.Mode().Perm()&0o044 != 0 {
-		w := &Issue{File: path, Msg: fmt.Sprintf("readable by group or others (mode %04o), and it holds a private key: chmod 600 %s", info.Mode().Perm(), path)}
-		warnings = append([]*Issue{w}, warnings...)
-	}
-	return cfg, warnings, err
+	return data, info.Mode().Perm(), nil
 }
 
-// describeOpenError says why a file could not be read, without repeating its
-// path (the Issue names it).
-func describeOpenError(err error) string {
+// openErrorReason says why a file could not be read, without repeating its
+// path (the message names it).
+func openErrorReason(err error) string {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
 	switch {
+	case errors.Is(err, errIsDir):
+		return err.Error()
 	case errors.Is(err, fs.ErrNotExist):
-		return "cannot read: no such file"
+		return "no such file"
 	case errors.Is(err, fs.ErrPermission):
-		return "cannot read: permission denied"
+		return "permission denied"
 	}
-	return "cannot read: " + err.Error()
+	return err.Error()
 }
 
-// Parse parses a wg-quick config. name is used in messages (and as
-// Config.Path). It returns the config and its warnings, or, if there is any
-// error, a nil config and Errors with every error found.
-func Parse(name string, data []byte) (*Config, []*Issue, error) {
-	p := &parser{file: name, cfg: &Config{Path: name}}
-	if len(data) > MaxFileSize {
-		return nil, nil, Errors{{File: name, Msg: fmt.Sprintf("larger than %d bytes; not a WireGuard config", MaxFileSize)}}
+// warnIfReadable warns, first, when the file's group or others can read
+// it and it holds a secret.
+func (p *parser) warnIfReadable(perm fs.FileMode) {
+	if perm&0o044 == 0 || p.secret == "" {
+		return
 	}
-	p.parse(data)
+	w := &Issue{File: p.file, Msg: fmt.Sprintf("readable by group or others (mode %04o), and it holds %s: chmod 600 %s", perm, p.secret, p.file)}
+	p.warns = append([]*Issue{w}, p.warns...)
+}
+
+// Parse parses a config in wg-quick's or wireproxy's format, as
+// ParseOptions{}.Parse does: a wg-quick config is read from data alone, but
+// a wireproxy config's $NAME values come from the process's environment and
+// its WGConfig file from the file system.
+func Parse(name string, data []byte) (*Config, []*Issue, error) {
+	return ParseOptions{}.Parse(name, data)
+}
+
+// Parse parses a config in wg-quick's or wireproxy's format. name is used
+// in messages (and as Config.Path), and a WGConfig path is relative to its
+// directory. It returns the config and its warnings, or, if there is any
+// error, a nil config and Errors with every error found: the file's, in line
+// order, then those of the file WGConfig names.
+func (o ParseOptions) Parse(name string, data []byte) (*Config, []*Issue, error) {
+	return o.parse(name, data).result()
+}
+
+// parse reads a config in either format and, for a wireproxy config with
+// WGConfig, the wg-quick file it names.
+func (o ParseOptions) parse(name string, data []byte) *parser {
+	if o.LookupEnv == nil {
+		o.LookupEnv = os.LookupEnv
+	}
+	p := newParser(name, o)
+	p.read(data, true)
+	if p.wgConfig != "" {
+		p.readWGConfig()
+	}
+	return p
+}
+
+func newParser(name string, o ParseOptions) *parser {
+	return &parser{file: name, opts: o, cfg: &Config{Path: name}, seen: make(map[string]int)}
+}
+
+// read parses and checks one file. detect says to find out whether it is a
+// wireproxy config; otherwise p's format is already set.
+func (p *parser) read(data []byte, detect bool) {
+	if len(data) > MaxFileSize {
+		p.issueAt(0, "", fmt.Sprintf("larger than %d bytes; not a WireGuard config", MaxFileSize))
+		return
+	}
+	lines := splitLines(data)
+	if detect && isWireproxy(lines) {
+		p.wireproxy, p.frontends, p.cfg.Wireproxy = true, true, true
+	}
+	p.parse(lines)
 	p.validate()
+	sortIssues(p.errs)
+}
+
+func (p *parser) result() (*Config, []*Issue, error) {
 	if len(p.errs) > 0 {
-		sort.SliceStable(p.errs, func(i, j int) bool { return lineOrder(p.errs[i].Line) < lineOrder(p.errs[j].Line) })
 		return nil, p.warns, p.errs
 	}
 	return p.cfg, p.warns, nil
+}
+
+// splitLines splits a file into lines, without a UTF-8 byte order mark.
+func splitLines(data []byte) []string {
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	return strings.Split(string(data), "\n")
+}
+
+// sortIssues sorts issues by line, whole-file issues last.
+func sortIssues(issues []*Issue) {
+	sort.SliceStable(issues, func(i, j int) bool { return lineOrder(issues[i].Line) < lineOrder(issues[j].Line) })
 }
 
 // lineOrder sorts whole-file issues (line 0) after the others.
@@ -141,35 +233,79 @@ func lineOrder(line int) int {
 type sectionKind uint8
 
 const (
-	noSection sectionKind = iota
+	noSection sectionKind = iota // before the first section
 	inInterface
 	inPeer
+	inSocks5    // wireproxy's [Socks5]
+	inHTTP      // wireproxy's [http]
+	inForward   // wireproxy's [TCPClientTunnel]
+	inExpose    // wireproxy's [TCPServerTunnel]
 	skipSection // a duplicate or unknown section: its keys are not read
 )
 
-// parser holds the state of one Parse.
+// parser holds the state of one file's parse.
 type parser struct {
 	file  string
+	opts  ParseOptions // LookupEnv is set
 	cfg   *Config
 	errs  Errors
 	warns []*Issue // problems that do not stop the config from being used
+
+	// wireproxy is set for a wireproxy config and for the wg-quick file
+	// its WGConfig names, which wireproxy reads the same way: go-ini's
+	// comments and quotes, $NAME values, a default AllowedIPs.
+	wireproxy bool
+	// frontends is set for a wireproxy config itself: it may have keys
+	// before its first section, and listener sections.
+	frontends bool
 
 	section       sectionKind
 	interfaceLine int            // line of [Interface], 0 if none yet
 	seen          map[string]int // single-valued keys of the current section -> line
 	mtuLine       int
+	lst           *listener // the listener section being read, or nil
 
-	// line and key are those of the key being read, for messages.
+	wgConfig     string // the file WGConfig names, "" if none (or if its value is bad)
+	wgConfigLine int    // the line of WGConfig, 0 if none
+	wgConfigKey  string
+	wgConfigFrom string // the environment variable it came from, or ""
+
+	// secret says what secret the file holds written out, as in "a private
+	// key", or is "" if none.
+	secret string
+
+	// line and key are those of the key being read, for messages; from is
+	// the environment variable its value came from, or "".
 	line int
 	key  string
+	from string
 }
 
 func (p *parser) errorf(format string, args ...any) {
-	p.errs = append(p.errs, &Issue{File: p.file, Line: p.line, Key: p.key, Msg: fmt.Sprintf(format, args...)})
+	p.errs = append(p.errs, &Issue{File: p.file, Line: p.line, Key: p.key, Msg: p.fromEnv(fmt.Sprintf(format, args...))})
 }
 
 func (p *parser) warnf(format string, args ...any) {
-	p.warns = append(p.warns, &Issue{File: p.file, Line: p.line, Key: p.key, Msg: fmt.Sprintf(format, args...)})
+	p.warns = append(p.warns, &Issue{File: p.file, Line: p.line, Key: p.key, Msg: p.fromEnv(fmt.Sprintf(format, args...))})
+}
+
+// fromEnv adds to a message about a value from the environment where the
+// value came from, unless the message says so already.
+func (p *parser) fromEnv(msg string) string {
+	if p.from == "" || strings.Contains(msg, "$"+p.from) {
+		return msg
+	}
+	return msg + " (the value came from $" + p.from + ")"
+}
+
+// quote returns s quoted for a message. A value from the environment is not
+// shown, since the variable may hold a secret (a mistyped name can pick the
+// wrong one): its name stands in for it.
+func (p *parser) quote(s string) string {
+	if p.from != "" {
+		return "$" + p.from + "'s value"
+	}
+	return strconv.Quote(s)
 }
 
 // issueAt records an error about a line other than the current one.
@@ -177,52 +313,95 @@ func (p *parser) issueAt(line int, key, msg string) {
 	p.errs = append(p.errs, &Issue{File: p.file, Line: line, Key: key, Msg: msg})
 }
 
-func (p *parser) parse(data []byte) {
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // a UTF-8 byte order mark
-	for i, raw := range strings.Split(string(data), "\n") {
-		p.line, p.key = i+1, ""
-		line, _, _ := strings.Cut(raw, "#")
-		line = strings.TrimSpace(line)
-		switch {
-		case line == "":
-		case strings.HasPrefix(line, "["):
-			p.startSection(line)
-		default:
-			key, value, ok := strings.Cut(line, "=")
-			key, value = strings.TrimSpace(key), strings.TrimSpace(value)
-			if !ok || key == "" {
-				p.errorf("not a section header or key = value")
+// lineKind is what one line of a config is.
+type lineKind uint8
+
+const (
+	blankLine  lineKind = iota // or a comment
+	headerLine                 // text is the header, "[Name]"
+	keyLine                    // text = value
+	badLine
+)
+
+// lexWGQuick reads one line as wg-quick does: '#' starts a comment.
+func lexWGQuick(raw string) (kind lineKind, text, value, msg string) {
+	line, _, _ := strings.Cut(raw, "#")
+	line = strings.TrimSpace(line)
+	switch {
+	case line == "":
+		return blankLine, "", "", ""
+	case strings.HasPrefix(line, "["):
+		return headerLine, line, "", ""
+	}
+	key, value, ok := strings.Cut(line, "=")
+	key, value = strings.TrimSpace(key), strings.TrimSpace(value)
+	if !ok || key == "" {
+		return badLine, "", "", ""
+	}
+	return keyLine, key, value, ""
+}
+
+func (p *parser) parse(lines []string) {
+	lex := lexWGQuick
+	if p.wireproxy {
+		lex = lexINI
+	}
+	for i, raw := range lines {
+		p.line, p.key, p.from = i+1, "", ""
+		kind, text, value, msg := lex(raw)
+		switch kind {
+		case headerLine:
+			p.startSection(text)
+		case keyLine:
+			p.key = text
+			if msg != "" {
+				p.errorf("%s", msg)
 				continue
 			}
-			p.key = key
-			p.setKey(key, value)
+			p.setKey(text, value)
+		case badLine:
+			p.errorf("not a section header or key = value")
 		}
 	}
+	p.line, p.key, p.from = 0, "", ""
+	p.endSection()
+}
+
+// sectionName returns the name in a section header, "[ Name ]", and false
+// if the header has no closing bracket.
+func sectionName(header string) (string, bool) {
+	name, ok := strings.CutSuffix(header, "]")
+	return strings.TrimSpace(strings.TrimPrefix(name, "[")), ok
 }
 
 func (p *parser) startSection(line string) {
-	name, ok := strings.CutSuffix(line, "]")
-	name = strings.TrimSpace(strings.TrimPrefix(name, "["))
+	p.endSection()
+	name, ok := sectionName(line)
+	lower := strings.ToLower(name)
 	p.key = line
 	p.seen = make(map[string]int)
+	p.section = skipSection
 	switch {
 	case !ok:
 		p.errorf("not a section header: missing ']'")
-		p.section = skipSection
-	case strings.EqualFold(name, "Interface"):
+	case (lower == "interface" || lower == "peer") && p.wgConfigLine != 0:
+		p.errorf("the interface and peers come from the file WGConfig names (line %d); a wireproxy config has them there or here, not both", p.wgConfigLine)
+	case lower == "interface":
 		if p.interfaceLine != 0 {
 			p.errorf("a second [Interface] section (the first is on line %d); a config has one", p.interfaceLine)
-			p.section = skipSection
 			return
 		}
 		p.interfaceLine = p.line
 		p.section = inInterface
-	case strings.EqualFold(name, "Peer"):
+	case lower == "peer":
 		p.cfg.Peers = append(p.cfg.Peers, Peer{Line: p.line})
 		p.section = inPeer
+	case p.frontends:
+		p.startWireproxySection(lower)
+	case p.wireproxy && wireproxySections[lower] != "":
+		p.errorf("unknown section in the file a WGConfig key names, which has [Interface] and [Peer] sections; %s goes in the wireproxy config", wireproxySections[lower])
 	default:
 		p.errorf("unknown section; a wg-quick config has [Interface] and [Peer] sections")
-		p.section = skipSection
 	}
 }
 
@@ -250,6 +429,21 @@ var peerKeys = map[string]keySpec{
 	"persistentkeepalive": {true, (*parser).setKeepalive},
 }
 
+// sectionKeys are the keys of each kind of section, and what an unknown
+// key's message says.
+var sectionKeys = map[sectionKind]struct {
+	keys    map[string]keySpec
+	unknown string
+}{
+	noSection:   {topLevelKeys, "unknown key before the first section; a wireproxy config has WGConfig, CheckAlive and CheckAliveInterval there"},
+	inInterface: {interfaceKeys, "unknown key in [Interface]"},
+	inPeer:      {peerKeys, "unknown key in [Peer]"},
+	inSocks5:    {proxyKeys, "unknown key in [Socks5], which has BindAddress, Username and Password"},
+	inHTTP:      {proxyKeys, "unknown key in [http], which has BindAddress, Username and Password"},
+	inForward:   {forwardKeys, "unknown key in [TCPClientTunnel], which has BindAddress and Target"},
+	inExpose:    {exposeKeys, "unknown key in [TCPServerTunnel], which has ListenPort and Target"},
+}
+
 // ignoredKeys are wg-quick's and wg's [Interface] keys that mean nothing to
 // warren, with their usual spelling.
 var ignoredKeys = map[string]string{
@@ -262,32 +456,37 @@ var ignoredKeys = map[string]string{
 	"fwmark":     "FwMark",
 }
 
+// secretKeys are the keys whose values are secret, and what the permission
+// warning calls them.
+var secretKeys = map[string]string{
+	"privatekey":   "a private key",
+	"presharedkey": "a preshared key",
+	"password":     "a proxy password",
+}
+
 func (p *parser) setKey(key, value string) {
 	lower := strings.ToLower(key)
-	var spec keySpec
-	var known bool
-	switch p.section {
-	case noSection:
+	switch {
+	case p.section == skipSection:
+		return // the section's header has been reported
+	case p.section == noSection && !p.frontends:
 		p.errorf("outside a section; keys go under [Interface] or [Peer]")
 		return
-	case skipSection:
-		return // the section's header has been reported
-	case inInterface:
-		if name, ok := ignoredKeys[lower]; ok {
-			p.warnf("ignored: %s has no meaning for warren", name)
-			return
-		}
-		spec, known = interfaceKeys[lower]
-	case inPeer:
-		spec, known = peerKeys[lower]
-	}
-	if !known {
-		where := "[Interface]"
-		if p.section == inPeer {
-			where = "[Peer]"
-		}
-		p.errorf("unknown key in %s", where)
+	case p.section == inInterface && ignoredKeys[lower] != "":
+		p.warnf("ignored: %s has no meaning for warren", ignoredKeys[lower])
 		return
+	case (p.section == inInterface || p.section == noSection) && p.wireproxy && checkAliveKeys[lower] != "":
+		p.warnf("ignored: warren's own liveness monitor replaces wireproxy's %s", checkAliveKeys[lower])
+		return
+	}
+	spec, known := sectionKeys[p.section].keys[lower]
+	if !known {
+		p.errorf("%s", sectionKeys[p.section].unknown)
+		return
+	}
+	if lower == "wgconfig" && p.wgConfigLine == 0 {
+		// Even with a bad value, the interface and peers are not inline.
+		p.wgConfigLine, p.wgConfigKey = p.line, key
 	}
 	if value == "" {
 		p.errorf("no value")
@@ -299,6 +498,21 @@ func (p *parser) setKey(key, value string) {
 			return
 		}
 		p.seen[lower] = p.line
+	}
+	if p.wireproxy {
+		v, from, msg := p.expand(value)
+		if msg != "" {
+			p.errorf("%s", msg)
+			return
+		}
+		value, p.from = v, from
+		if value == "" {
+			p.errorf("no value")
+			return
+		}
+	}
+	if what := secretKeys[lower]; what != "" && p.from == "" && p.secret == "" {
+		p.secret = what
 	}
 	if msg := spec.set(p, value); msg != "" {
 		p.errorf("%s", msg)
@@ -333,7 +547,7 @@ func list(v string, f func(item string) string) string {
 
 func (p *parser) setAddress(v string) string {
 	return list(v, func(item string) string {
-		a, msg := parseAddrOrPrefix(item)
+		a, msg := p.parseAddrOrPrefix(item)
 		if msg != "" {
 			return msg
 		}
@@ -344,17 +558,17 @@ func (p *parser) setAddress(v string) string {
 
 // parseAddrOrPrefix reads "10.0.0.2/24" (keeping the host address) or
 // "10.0.0.2" (a single host).
-func parseAddrOrPrefix(s string) (netip.Prefix, string) {
+func (p *parser) parseAddrOrPrefix(s string) (netip.Prefix, string) {
 	if strings.Contains(s, "/") {
 		pfx, err := netip.ParsePrefix(s)
 		if err != nil {
-			return netip.Prefix{}, fmt.Sprintf("%q is not an IP address with a prefix length", s)
+			return netip.Prefix{}, p.quote(s) + " is not an IP address with a prefix length"
 		}
 		return netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()), ""
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil || a.Zone() != "" {
-		return netip.Prefix{}, fmt.Sprintf("%q is not an IP address", s)
+		return netip.Prefix{}, p.quote(s) + " is not an IP address"
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), ""
@@ -367,10 +581,10 @@ func (p *parser) setDNS(v string) string {
 			return ""
 		}
 		if isHostName(item) {
-			p.warnf("search domain %q ignored: warren resolves names through the tunnel, without search domains", item)
+			p.warnf("search domain %s ignored: warren resolves names through the tunnel, without search domains", p.quote(item))
 			return ""
 		}
-		return fmt.Sprintf("%q is neither an IP address nor a search domain", item)
+		return p.quote(item) + " is neither an IP address nor a search domain"
 	})
 }
 
@@ -408,7 +622,7 @@ func (p *parser) setEndpoint(v string) string {
 		}
 		host = a.Unmap().String()
 	} else if !isHostName(host) {
-		return fmt.Sprintf("%q is neither an IP address nor a host name", host)
+		return p.quote(host) + " is neither an IP address nor a host name"
 	}
 	p.peer().Endpoint = Endpoint{Host: host, Port: uint16(n)}
 	return ""
@@ -416,7 +630,7 @@ func (p *parser) setEndpoint(v string) string {
 
 func (p *parser) setAllowedIPs(v string) string {
 	return list(v, func(item string) string {
-		pfx, msg := parseAddrOrPrefix(item)
+		pfx, msg := p.parseAddrOrPrefix(item)
 		if msg != "" {
 			return msg
 		}
@@ -466,9 +680,16 @@ func isHostName(s string) bool {
 
 // validate checks what no single line shows, and fills in defaults.
 func (p *parser) validate() {
+	if p.wgConfigLine != 0 {
+		return // the interface and peers are in the WGConfig file, checked with it
+	}
 	cfg := &p.cfg.Interface
 	if p.interfaceLine == 0 {
-		p.issueAt(0, "", "no [Interface] section")
+		msg := "no [Interface] section"
+		if p.frontends {
+			msg += ", and no WGConfig naming a wg-quick file that has one"
+		}
+		p.issueAt(0, "", msg)
 	} else {
 		if cfg.PrivateKey == (PrivateKey{}) {
 			p.issueAt(p.interfaceLine, "[Interface]", "no PrivateKey")
@@ -493,7 +714,10 @@ func (p *parser) validate() {
 	own := cfg.PrivateKey.PublicKey()
 	firstLine := make(map[PublicKey]int)
 	hasEndpoint := false
-	for _, peer := range p.cfg.Peers {
+	for i, peer := range p.cfg.Peers {
+		if p.wireproxy && len(peer.AllowedIPs) == 0 {
+			p.cfg.Peers[i].AllowedIPs = []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0)}
+		}
 		hasEndpoint = hasEndpoint || !peer.Endpoint.IsZero()
 		switch first, dup := firstLine[peer.PublicKey]; {
 		case peer.PublicKey == (PublicKey{}):
