@@ -19,14 +19,29 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeDialer serves DNS in memory: each dial is one end of a net.Pipe, and
-// the other end answers with answer. It records every dial.
+// the other end answers with answer. It records every dial and every query
+// it reads. While blocked is set, it refuses as the gate does: Wait and
+// DialContext return blocked.
 type fakeDialer struct {
-	mu      sync.Mutex
-	dials   []string // "network server"
-	refuse  map[netip.AddrPort]error
-	answer  func(network string, q *dns.Msg) []*dns.Msg // messages to send back, in order
-	blocked error
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	dials    []string // "network server"
+	received []*dns.Msg
+	refuse   map[netip.AddrPort]error
+	answer   func(network string, q *dns.Msg) []*dns.Msg // messages to send back, in order
+	blocked  error
+	wg       sync.WaitGroup
+}
+
+func (f *fakeDialer) Wait(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.blocked
+}
+
+func (f *fakeDialer) setBlocked(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.blocked = err
 }
 
 func (f *fakeDialer) DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error) {
@@ -55,6 +70,9 @@ func (f *fakeDialer) DialContext(ctx context.Context, network string, to netip.A
 		if err != nil {
 			return
 		}
+		f.mu.Lock()
+		f.received = append(f.received, q)
+		f.mu.Unlock()
 		for _, m := range f.answer(network, q) {
 			if write(b, m) != nil {
 				return
@@ -62,6 +80,13 @@ func (f *fakeDialer) DialContext(ctx context.Context, network string, to netip.A
 		}
 	}()
 	return a, nil
+}
+
+// queries returns the queries the servers have read.
+func (f *fakeDialer) queries() []*dns.Msg {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*dns.Msg(nil), f.received...)
 }
 
 func readDatagram(c net.Conn) (*dns.Msg, error) {
