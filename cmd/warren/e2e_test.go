@@ -44,10 +44,15 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 // startTestApp starts warren (as `warren up` wires it) for cfg, with the
-// SOCKS5 proxy on a free loopback port, and stops it at the end of the test.
-func startTestApp(t *testing.T, cfg *config.Config) *app {
+// SOCKS5 proxy on a free loopback port (and whatever configure adds), and
+// stops it at the end of the test.
+func startTestApp(t *testing.T, cfg *config.Config, configure ...func(*appOptions)) *app {
 	t.Helper()
-	a, err := startApp(appOptions{configs: []*config.Config{cfg}, socks5: "127.0.0.1:0", log: testLogger(t)})
+	o := appOptions{configs: []*config.Config{cfg}, socks5: []listenSpec{{addr: "127.0.0.1:0"}}, log: testLogger(t)}
+	for _, f := range configure {
+		f(&o)
+	}
+	a, err := startApp(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +402,7 @@ func TestFailoverToSecondConfig(t *testing.T) {
 	dead.Peers[0].Endpoint.Port = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	pc.Close()
 
-	a, err := startApp(appOptions{configs: []*config.Config{dead, good}, socks5: "127.0.0.1:0", log: testLogger(t)})
+	a, err := startApp(appOptions{configs: []*config.Config{dead, good}, socks5: []listenSpec{{addr: "127.0.0.1:0"}}, log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/proxy"
 )
 
 // envName is the environment variable of a flag: --socks5 is WARREN_SOCKS5.
@@ -109,17 +115,209 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format: %q is not text or json", l.format)
 }
 
-// proxyFlags are the proxy's flags, shared by up and demo.
+// proxyFlags are the front-ends' flags, shared by up and demo.
 type proxyFlags struct {
-	socks5 string
-	probes addrList
-	hold   time.Duration
+	socks5, socks5User, socks5PasswordFile string
+	http, httpUser, httpPasswordFile       string
+	dns                                    string
+	forwards                               forwardList
+	exposes                                exposeList
+	probes                                 addrList
+	hold                                   time.Duration
 }
 
+// off turns a listener off.
+const off = "off"
+
 func (p *proxyFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&p.socks5, "socks5", "127.0.0.1:1080", "listen address of the SOCKS5 proxy")
+	fs.StringVar(&p.socks5, "socks5", "127.0.0.1:1080", "listen address of the SOCKS5 proxy, or off")
+	fs.StringVar(&p.socks5User, "socks5-user", "", "require this user name from SOCKS5 clients (RFC 1929); the password comes from --socks5-password-file or WARREN_SOCKS5_PASSWORD")
+	fs.StringVar(&p.socks5PasswordFile, "socks5-password-file", "", "file holding the SOCKS5 password (one line)")
+	fs.StringVar(&p.http, "http", off, "listen address of the HTTP proxy (e.g. 127.0.0.1:8118), or off")
+	fs.StringVar(&p.httpUser, "http-user", "", "require this user name from HTTP proxy clients (Basic auth); the password comes from --http-password-file or WARREN_HTTP_PASSWORD")
+	fs.StringVar(&p.httpPasswordFile, "http-password-file", "", "file holding the HTTP proxy password (one line)")
+	fs.StringVar(&p.dns, "dns", "127.0.0.1:5353", "listen address (UDP and TCP) of the DNS server that answers through the tunnel, or off")
+	fs.Var(&p.forwards, "forward", "[tcp:|udp:]LOCAL_ADDR=TUNNEL_ADDR: listen on LOCAL_ADDR (TCP and UDP unless a prefix picks one) and forward to TUNNEL_ADDR inside the tunnel; repeat for more")
+	fs.Var(&p.exposes, "expose", "TUNNEL_PORT=LOCAL_ADDR: listen on TUNNEL_PORT of warren's tunnel addresses and forward to LOCAL_ADDR on this host; repeat for more")
 	fs.Var(&p.probes, "probe", "IP address inside the tunnel that answers ping, used to verify the tunnel besides the config's DNS servers (comma-separated, or repeat the flag)")
 	fs.DurationVar(&p.hold, "hold", 0, "while connecting, how long a new connection waits for the tunnel before it is refused (e.g. 10s); 0 refuses at once")
+}
+
+// given returns the names of the flags set on the command line or by their
+// environment variables.
+func given(fs *flag.FlagSet) map[string]bool {
+	m := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { m[f.Name] = true })
+	return m
+}
+
+// frontends fills in o's front-ends from the flags and, for a wireproxy
+// file, from its sections. set is what given returned.
+//
+// A wireproxy file's [Socks5] and [http] sections stand in for --socks5 and
+// --http when those flags are not given, so that the file alone gives the
+// listeners wireproxy gave (and no SOCKS5 proxy on 1080 it did not ask
+// for); its tunnels are added to --forward's and --expose's. Only the
+// first config's sections count: the others are failover configs.
+func (p *proxyFlags) frontends(o *appOptions, set map[string]bool, first *config.Config, getenv func(string) string) error {
+	socksCreds, err := readCredentials("socks5", p.socks5User, p.socks5PasswordFile, getenv)
+	if err != nil {
+		return err
+	}
+	httpCreds, err := readCredentials("http", p.httpUser, p.httpPasswordFile, getenv)
+	if err != nil {
+		return err
+	}
+	var fe config.Frontends
+	if first != nil && first.Wireproxy {
+		fe = first.Frontends
+	}
+	o.socks5 = proxyListeners(p.socks5, set["socks5"] || first == nil || !first.Wireproxy, fe.SOCKS5, socksCreds)
+	o.http = proxyListeners(p.http, set["http"] || first == nil || !first.Wireproxy, fe.HTTP, httpCreds)
+	if p.dns != off && p.dns != "" {
+		o.dns, o.dnsSoft = p.dns, !set["dns"]
+	}
+	o.forwards = append([]forwardSpec(nil), p.forwards...)
+	for _, f := range fe.Forwards {
+		o.forwards = append(o.forwards, forwardSpec{local: f.BindAddress, target: f.Target, tcp: true})
+	}
+	o.exposes = append([]exposeSpec(nil), p.exposes...)
+	for _, e := range fe.Exposes {
+		o.exposes = append(o.exposes, exposeSpec{port: e.ListenPort, target: e.Target})
+	}
+	o.probes, o.hold = p.probes, p.hold
+	return nil
+}
+
+// proxyListeners returns the listeners of one kind of proxy: the flag's if
+// it rules, else the file's. creds, from the flags, override the file's.
+func proxyListeners(flagAddr string, flagRules bool, fromFile []config.ProxyListener, creds *proxy.Credentials) []listenSpec {
+	if flagRules {
+		if flagAddr == off || flagAddr == "" {
+			return nil
+		}
+		return []listenSpec{{addr: flagAddr, creds: creds}}
+	}
+	var specs []listenSpec
+	for _, l := range fromFile {
+		s := listenSpec{addr: l.BindAddress, creds: creds}
+		if s.creds == nil && l.Username != "" {
+			s.creds = &proxy.Credentials{User: l.Username, Password: string(l.Password)}
+		}
+		specs = append(specs, s)
+	}
+	return specs
+}
+
+// readCredentials reads a proxy's user and password: the password from
+// file, or else from WARREN_<PROXY>_PASSWORD, never from a flag's value
+// (which ps would show). It returns nil when no user is set.
+func readCredentials(proxyName, user, file string, getenv func(string) string) (*proxy.Credentials, error) {
+	userFlag, fileFlag := "--"+proxyName+"-user", "--"+proxyName+"-password-file"
+	envVar := envName(proxyName + "-password")
+	password := getenv(envVar)
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", fileFlag, err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+		if strings.ContainsAny(password, "\r\n") {
+			return nil, fmt.Errorf("%s: %s holds more than one line; the password is its only line", fileFlag, file)
+		}
+	}
+	switch {
+	case user == "" && (file != "" || password != ""):
+		return nil, fmt.Errorf("a %s password is set (%s or %s) but no user: give %s too", proxyName, fileFlag, envVar, userFlag)
+	case user == "":
+		return nil, nil
+	case password == "":
+		return nil, fmt.Errorf("%s needs a password: put it in a file named by %s, or in %s", userFlag, fileFlag, envVar)
+	}
+	return &proxy.Credentials{User: user, Password: password}, nil
+}
+
+// forwardList is --forward, repeatable (or comma-separated in its variable).
+type forwardList []forwardSpec
+
+func (l *forwardList) String() string {
+	s := make([]string, len(*l))
+	for i, f := range *l {
+		s[i] = f.local + "=" + f.target
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *forwardList) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		f := forwardSpec{tcp: true, udp: true}
+		if rest, ok := strings.CutPrefix(item, "tcp:"); ok {
+			item, f.udp = rest, false
+		} else if rest, ok := strings.CutPrefix(item, "udp:"); ok {
+			item, f.tcp = rest, false
+		}
+		local, target, ok := strings.Cut(item, "=")
+		if !ok {
+			return fmt.Errorf("%q is not LOCAL_ADDR=TUNNEL_ADDR", item)
+		}
+		if err := checkHostPort(local, true); err != nil {
+			return fmt.Errorf("%q: LOCAL_ADDR %v", item, err)
+		}
+		if err := checkHostPort(target, false); err != nil {
+			return fmt.Errorf("%q: TUNNEL_ADDR %v", item, err)
+		}
+		f.local, f.target = local, target
+		*l = append(*l, f)
+	}
+	return nil
+}
+
+// exposeList is --expose, repeatable (or comma-separated in its variable).
+type exposeList []exposeSpec
+
+func (l *exposeList) String() string {
+	s := make([]string, len(*l))
+	for i, e := range *l {
+		s[i] = fmt.Sprintf("%d=%s", e.port, e.target)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *exposeList) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		port, target, ok := strings.Cut(item, "=")
+		if !ok {
+			return fmt.Errorf("%q is not TUNNEL_PORT=LOCAL_ADDR", item)
+		}
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q: TUNNEL_PORT %q is not a port from 1 to 65535", item, port)
+		}
+		if err := checkHostPort(target, false); err != nil {
+			return fmt.Errorf("%q: LOCAL_ADDR %v", item, err)
+		}
+		*l = append(*l, exposeSpec{port: uint16(n), target: target})
+	}
+	return nil
+}
+
+// checkHostPort checks host:port; a listen address may leave the host
+// empty (every address) but not the port.
+func checkHostPort(s string, listen bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", s)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return fmt.Errorf("%q: %q is not a port from 1 to 65535", s, port)
+	}
+	if host == "" && !listen {
+		return fmt.Errorf("%q has no host", s)
+	}
+	return nil
 }
 
 // addrList is a flag holding IP addresses, comma-separated or repeated.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -120,7 +121,16 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 	if err != nil {
 		return err
 	}
-	a, err := startApp(appOptions{configs: configs, socks5: pf.socks5, probes: pf.probes, hold: pf.hold, log: log})
+	o := appOptions{configs: configs, log: log}
+	if err := pf.frontends(&o, given(fs), configs[0], getenv); err != nil {
+		return err
+	}
+	for _, c := range configs[1:] {
+		if c.Wireproxy && !c.Frontends.IsZero() {
+			log.Warn("config: the listener sections of a failover config are ignored; only the first config's count", "config", c.Path)
+		}
+	}
+	a, err := startApp(o)
 	if err != nil {
 		return err
 	}
@@ -188,7 +198,11 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	defer srv.Close()
-	a, err := startApp(appOptions{configs: []*config.Config{srv.ClientConfig()}, socks5: pf.socks5, probes: pf.probes, hold: pf.hold, log: log})
+	o := appOptions{configs: []*config.Config{srv.ClientConfig()}, log: log}
+	if err := pf.frontends(&o, given(fs), nil, getenv); err != nil {
+		return err
+	}
+	a, err := startApp(o)
 	if err != nil {
 		return err
 	}
@@ -207,7 +221,17 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	default:
 		fmt.Fprintf(stdout, "\nwarren is connected to its demo peer through a WireGuard tunnel.\n")
 		fmt.Fprintf(stdout, "Try, in another terminal:\n\n")
-		fmt.Fprintf(stdout, "    curl --socks5-hostname %s http://%s/\n\n", a.socks5Addr, demo.Name)
+		if a.socks5Addr != nil {
+			fmt.Fprintf(stdout, "    curl --socks5-hostname %s http://%s/\n", a.socks5Addr, demo.Name)
+		}
+		if a.httpAddr != nil {
+			fmt.Fprintf(stdout, "    curl --proxy http://%s http://%s/\n", a.httpAddr, demo.Name)
+		}
+		if a.dnsAddr != nil {
+			host, port, _ := net.SplitHostPort(a.dnsAddr.String())
+			fmt.Fprintf(stdout, "    dig @%s -p %s %s TXT\n", host, port, demo.Name)
+		}
+		fmt.Fprintln(stdout)
 		fmt.Fprintf(stdout, "Press Ctrl-C to stop.\n\n")
 	}
 	<-ctx.Done()
@@ -234,8 +258,13 @@ func cmdCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 			errs = append(errs, err)
 			continue
 		}
-		fmt.Fprintf(stdout, "%s: valid: %d address(es), %d DNS server(s), %d peer(s)\n",
+		fmt.Fprintf(stdout, "%s: valid: %d address(es), %d DNS server(s), %d peer(s)",
 			cfg.Path, len(cfg.Interface.Addresses), len(cfg.Interface.DNS), len(cfg.Peers))
+		if fe := cfg.Frontends; cfg.Wireproxy {
+			fmt.Fprintf(stdout, "; wireproxy format: %d SOCKS5, %d HTTP, %d TCPClientTunnel, %d TCPServerTunnel",
+				len(fe.SOCKS5), len(fe.HTTP), len(fe.Forwards), len(fe.Exposes))
+		}
+		fmt.Fprintln(stdout)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid config:\n%v", errors.Join(errs...))
