@@ -242,6 +242,35 @@ func TestSOCKS5UDPEndToEnd(t *testing.T) {
 		t.Errorf("DNS over SOCKS5 UDP: %v, %v", m.Answer, err)
 	}
 
+	// Bad datagrams are dropped, and the association goes on: truncated
+	// headers, and one as large as a UDP datagram can be, which the tunnel
+	// (MTU 1420) carries in fragments, or not at all, but never cut short.
+	for _, bad := range [][]byte{{0, 0}, {0, 0, 0, 1, 10, 77}, {0, 0, 0, 3, 200, 'x'}} {
+		u.conn.WriteToUDP(bad, u.relay)
+	}
+	huge := make([]byte, 65507-10)
+	for i := range huge {
+		huge[i] = byte(i)
+	}
+	hdr := append([]byte{0, 0, 0, 1}, demo.ServerIPv4.AsSlice()...)
+	hdr = binary.BigEndian.AppendUint16(hdr, demo.EchoPort)
+	if _, err := u.conn.WriteToUDP(append(hdr, huge...), u.relay); err != nil {
+		t.Fatalf("sending the largest datagram: %v", err)
+	}
+	buf := make([]byte, 65535)
+	u.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := u.conn.Read(buf); err == nil {
+		if n != 10+len(huge) || string(buf[10:n]) != string(huge) {
+			t.Errorf("the largest datagram came back as %d bytes, not intact", n)
+		}
+		t.Logf("the largest datagram (%d bytes) came back intact", len(huge))
+	} else {
+		t.Logf("the largest datagram was dropped: %v", err)
+	}
+	if _, got := u.exchange(t, demo.Name, demo.EchoPort, []byte("after the bad ones")); string(got) != "after the bad ones" {
+		t.Errorf("after bad datagrams: %q", got)
+	}
+
 	// Disconnected: the association ends, and a new one is refused.
 	disconnect(t, a)
 	u.ctrl.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -21,6 +21,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -55,6 +56,8 @@ const (
 	rpPort     = 51820
 	helperEnv  = "WARREN_REALPEER_HELPER" // set: this process is the server helper
 	socks5Port = 1080
+	httpPort   = 8118
+	dnsPort    = 5353
 )
 
 // realPeer is one topology.
@@ -275,11 +278,12 @@ func (rp *realPeer) setLeakCounter() {
 		oifname "lo" accept
 		ip daddr %[1]s udp dport %[2]d accept
 		ip daddr %[1]s icmp type destination-unreachable accept
-		oifname "wd%[3]s" ip daddr %[4]s tcp sport %[5]d accept
+		oifname "wd%[3]s" ip daddr %[4]s tcp sport { %[5]d, %[6]d, %[7]d } accept
+		oifname "wd%[3]s" ip daddr %[4]s udp sport %[7]d accept
 		counter name leaks
 	}
 }
-`, rp.underSrv, rpPort, rp.id, rp.ctlHost, socks5Port)
+`, rp.underSrv, rpPort, rp.id, rp.ctlHost, socks5Port, httpPort, dnsPort)
 	path := filepath.Join(rp.dir, "leaks.nft")
 	os.WriteFile(path, []byte(rules), 0o600)
 	rp.in(rp.cliNS, "nft", "-f", path)
@@ -360,7 +364,8 @@ AllowedIPs = 0.0.0.0/0, ::/0
 }
 
 // startWarren starts warren in the client namespace with the config and
-// extra flags, its proxy on the control link.
+// extra flags, its SOCKS5 proxy (whose address it returns), HTTP proxy and
+// DNS server on the control link.
 func (rp *realPeer) startWarren(extra ...string) (*process, string) {
 	rp.t.Helper()
 	conf := filepath.Join(rp.dir, "wg0.conf")
@@ -368,13 +373,67 @@ func (rp *realPeer) startWarren(extra ...string) (*process, string) {
 		rp.t.Fatal(err)
 	}
 	addr := netip.AddrPortFrom(rp.ctlCli, socks5Port).String()
-	args := append([]string{"up", "-c", conf, "--socks5", addr}, extra...)
+	args := append([]string{"up", "-c", conf, "--socks5", addr, "--http", rp.httpAddr(), "--dns", rp.dnsAddr()}, extra...)
 	p := startWarrenIn(rp.t, rp.cliNS, args...)
 	p.waitLog(rp.t, 10*time.Second, msg("SOCKS5 proxy listening"))
 	return p, addr
 }
 
 // logTime is the time of a log line.
+func (rp *realPeer) httpAddr() string { return netip.AddrPortFrom(rp.ctlCli, httpPort).String() }
+func (rp *realPeer) dnsAddr() string  { return netip.AddrPortFrom(rp.ctlCli, dnsPort).String() }
+
+// checkOtherWaysIn uses the HTTP proxy and the DNS server of a connected
+// warren.
+func (rp *realPeer) checkOtherWaysIn() {
+	t := rp.t
+	t.Helper()
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+		want  string
+	}{
+		{rpName, dns.TypeA, dns.RcodeSuccess, rpServer4.String()},
+		{rpName, dns.TypeAAAA, dns.RcodeSuccess, rpServer6.String()},
+		{"nowhere.warren-test", dns.TypeA, dns.RcodeNameError, ""},
+	} {
+		for _, network := range []string{"udp", "tcp"} {
+			m := query(t, network, rp.dnsAddr(), tc.name, tc.qtype, 0)
+			got := ""
+			if len(m.Answer) == 1 {
+				got = m.Answer[0].String()
+			}
+			if m.Rcode != tc.rcode || !strings.Contains(got, tc.want) || tc.want == "" && got != "" {
+				t.Errorf("DNS %s %s over %s: %s %q, want %s %q", tc.name, dns.TypeToString[tc.qtype], network,
+					dns.RcodeToString[m.Rcode], got, dns.RcodeToString[tc.rcode], tc.want)
+			}
+		}
+	}
+	page := string(get(t, httpProxyClient(t, rp.httpAddr(), nil), "http://"+rpName+"/"))
+	if !strings.Contains(page, rpClient4.String()) {
+		t.Errorf("GET through the HTTP proxy: %q", page)
+	}
+}
+
+// checkOtherWaysRefused expects the HTTP proxy and the DNS server to refuse.
+func (rp *realPeer) checkOtherWaysRefused(state string) {
+	t := rp.t
+	t.Helper()
+	if m := query(t, "udp", rp.dnsAddr(), rpName, dns.TypeA, 0); m.Rcode != dns.RcodeRefused {
+		t.Errorf("DNS while %s: %s, want REFUSED", state, dns.RcodeToString[m.Rcode])
+	}
+	resp, err := httpProxyClient(t, rp.httpAddr(), nil).Get("http://" + rpName + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), state) {
+		t.Errorf("HTTP proxy while %s: %s %q, want 503 naming the state", state, resp.Status, body)
+	}
+}
+
 func logTime(t *testing.T, m map[string]any) time.Time {
 	t.Helper()
 	s, _ := m["time"].(string)
@@ -488,6 +547,7 @@ func TestRealPeerTraffic(t *testing.T) {
 	if _, err := c.Get("http://nowhere.warren-test/"); err == nil || !strings.Contains(err.Error(), "host unreachable") {
 		t.Errorf("an unknown name: %v, want host unreachable", err)
 	}
+	rp.checkOtherWaysIn()
 	rp.checkNoLeaks()
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d", code)
@@ -516,6 +576,7 @@ func TestRealPeerBlackhole(t *testing.T) {
 	}
 	refusal := wantRefusedFast(t, addr)
 	t.Logf("median refusal while blackholed: %v", refusal)
+	rp.checkOtherWaysRefused("connecting")
 	time.Sleep(5 * time.Second) // an attempt or two fail
 	rp.blackhole(false)
 	lifted := time.Now()
@@ -527,6 +588,7 @@ func TestRealPeerBlackhole(t *testing.T) {
 	}
 	stop()
 	get(t, socksClient(t, addr), "http://"+rpName+"/")
+	rp.checkOtherWaysIn()
 	rp.checkNoLeaks()
 }
 
@@ -609,6 +671,7 @@ watch:
 	t.Logf("connected %v after the key was restored", logTime(t, up).Sub(restored))
 	stop()
 	get(t, socksClient(t, addr), "http://"+rpName+"/")
+	rp.checkOtherWaysIn()
 	rp.checkNoLeaks()
 }
 
@@ -623,6 +686,7 @@ func TestRealPeerNoLeakWhenNotConnected(t *testing.T) {
 	if _, err := c.Get("http://" + rpName + "/"); err == nil || !strings.Contains(err.Error(), "not allowed by ruleset") {
 		t.Errorf("by name while disconnected: %v", err)
 	}
+	rp.checkOtherWaysRefused("disconnected")
 	p.stop(t, syscall.SIGTERM)
 	rp.checkNoLeaks()
 
