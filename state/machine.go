@@ -158,6 +158,7 @@ type request struct {
 	in    input
 	gen   uint64
 	tick  tickKind
+	ping  bool // answer with the snapshot; change nothing
 	reply chan Snapshot
 }
 
@@ -198,7 +199,8 @@ func New(opts Options) (*Machine, error) {
 	if err := m.policy.Apply(m.snap); err != nil {
 		return nil, fmt.Errorf("state: apply the initial policy: %w", err)
 	}
-	m.current.Store(&m.snap)
+	first := m.snap // a copy: the loop changes m.snap in place
+	m.current.Store(&first)
 	go m.loop()
 	return m, nil
 }
@@ -236,10 +238,22 @@ func (m *Machine) SetLockdown(ctx context.Context, on bool) (Snapshot, error) {
 	return m.command(ctx, input{kind: inSetLockdown, lockdown: on})
 }
 
+// Ping returns the snapshot as the machine's loop sees it, changing
+// nothing: an answer proves the loop is alive and not stuck (the API's
+// /healthz).
+func (m *Machine) Ping(ctx context.Context) (Snapshot, error) {
+	return m.send(ctx, request{ping: true})
+}
+
 func (m *Machine) command(ctx context.Context, in input) (Snapshot, error) {
+	return m.send(ctx, request{in: in})
+}
+
+func (m *Machine) send(ctx context.Context, r request) (Snapshot, error) {
 	reply := make(chan Snapshot, 1)
+	r.reply = reply
 	select {
-	case m.inputs <- request{in: in, reply: reply}:
+	case m.inputs <- r:
 	case <-m.done:
 		return Snapshot{}, ErrClosed
 	case <-ctx.Done():
@@ -365,6 +379,10 @@ func (m *Machine) loop() {
 	for {
 		select {
 		case r := <-m.inputs:
+			if r.ping {
+				r.reply <- m.snap
+				continue
+			}
 			// Events that happened before the command came are handled
 			// first, so a command sees everything reported before it.
 			m.handleEvents()

@@ -613,3 +613,47 @@ func TestMachineFailover(t *testing.T) {
 		t.Fatalf("after Reconnect: %q", s.Config)
 	}
 }
+
+// Ping answers from the loop and changes nothing, and fails once the
+// machine has shut down.
+func TestMachinePing(t *testing.T) {
+	h := newHarness(t)
+	h.connect()
+	before := h.m.Current()
+	s, err := h.m.Ping(h.ctx())
+	if err != nil || s != before {
+		t.Fatalf("Ping = %v, %v; want %v", s, err, before)
+	}
+	if now := h.settle(); now != before {
+		t.Errorf("after Ping: %v, want %v unchanged", now, before)
+	}
+	if err := h.m.Shutdown(h.ctx()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.m.Ping(h.ctx()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Ping after Shutdown: %v, want ErrClosed", err)
+	}
+}
+
+// Current may be read while the loop changes state (run with -race).
+func TestMachineCurrentWhileChanging(t *testing.T) {
+	h := newHarness(t)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = h.m.Current().State
+			}
+		}
+	}()
+	h.connect()
+	h.m.Disconnect(h.ctx())
+	h.want(Disconnected, 0)
+	close(stop)
+	<-done
+}
