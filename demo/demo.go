@@ -67,6 +67,8 @@ type Options struct {
 	// ServerKey and ClientKey are the two sides' private keys; zero keys
 	// are generated.
 	ServerKey, ClientKey config.PrivateKey
+	// PresharedKey, if not zero, is mixed into both sides' handshakes.
+	PresharedKey config.PresharedKey
 	// ListenPort is the server's UDP port on the host; 0 picks a free one.
 	ListenPort uint16
 	// Logger gets the server's log; nil discards it.
@@ -107,8 +109,9 @@ func Start(opts Options) (_ *Server, err error) {
 			ListenPort: opts.ListenPort,
 		},
 		Peers: []config.Peer{{
-			PublicKey:  opts.ClientKey.PublicKey(),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(ClientIPv4, 32), netip.PrefixFrom(ClientIPv6, 128)},
+			PublicKey:    opts.ClientKey.PublicKey(),
+			PresharedKey: opts.PresharedKey,
+			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(ClientIPv4, 32), netip.PrefixFrom(ClientIPv6, 128)},
 		}},
 	}
 	bind := &blackholeBind{Bind: conn.NewDefaultBind()}
@@ -134,10 +137,11 @@ func Start(opts Options) (_ *Server, err error) {
 			MTU:        config.DefaultMTU,
 		},
 		Peers: []config.Peer{{
-			PublicKey:  opts.ServerKey.PublicKey(),
-			Endpoint:   config.Endpoint{Host: "127.0.0.1", Port: srv.port},
-			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
-			Line:       1,
+			PublicKey:    opts.ServerKey.PublicKey(),
+			PresharedKey: opts.PresharedKey,
+			Endpoint:     config.Endpoint{Host: "127.0.0.1", Port: srv.port},
+			AllowedIPs:   []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
+			Line:         1,
 		}},
 	}
 

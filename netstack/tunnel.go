@@ -264,6 +264,34 @@ func (t *Tunnel) DNS() []netip.Addr {
 	return nil
 }
 
+// Stats is what the device that is up has done, summed over its peers.
+type Stats struct {
+	LastHandshake    time.Time // the latest of any peer; zero before the first
+	RxBytes, TxBytes uint64    // since the device was made: they start from 0 at every connection
+}
+
+// Stats returns the counters of the device that is up, or the zero Stats
+// when none is.
+func (t *Tunnel) Stats() Stats {
+	up := t.up.Load()
+	if up == nil {
+		return Stats{}
+	}
+	peers, err := up.dev.Stats()
+	if err != nil {
+		return Stats{}
+	}
+	var s Stats
+	for _, p := range peers {
+		s.RxBytes += p.RxBytes
+		s.TxBytes += p.TxBytes
+		if p.LastHandshake.After(s.LastHandshake) {
+			s.LastHandshake = p.LastHandshake
+		}
+	}
+	return s
+}
+
 // attempt runs attempt a: resolve, create the device, verify, report Up,
 // and watch the device's liveness until the run is cancelled.
 func (t *Tunnel) attempt(rn *run, a state.Attempt, r state.Reporter) {

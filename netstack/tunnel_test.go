@@ -133,6 +133,9 @@ func TestTunnelConnectsDialsAndStops(t *testing.T) {
 	if _, err := tun.DialContext(context.Background(), "tcp", netip.AddrPortFrom(demo.ServerIPv4, 80)); !errors.Is(err, netstack.ErrNotConnected) {
 		t.Fatalf("dial before Up: %v", err)
 	}
+	if st := tun.Stats(); st != (netstack.Stats{}) {
+		t.Errorf("Stats before Up: %+v, want zero", st)
+	}
 	r := newReporter()
 	tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
 	e := r.next(t, 10*time.Second)
@@ -146,6 +149,13 @@ func TestTunnelConnectsDialsAndStops(t *testing.T) {
 	if !strings.Contains(page, demo.ClientIPv4.String()) {
 		t.Errorf("page does not show the tunnel address: %q", page)
 	}
+	st := tun.Stats()
+	if age := time.Since(st.LastHandshake); st.LastHandshake.IsZero() || age < 0 || age > 10*time.Second {
+		t.Errorf("Stats: last handshake %v", st.LastHandshake)
+	}
+	if st.RxBytes < uint64(len(page)) || st.TxBytes == 0 {
+		t.Errorf("Stats: received %d bytes (the page alone is %d), sent %d", st.RxBytes, len(page), st.TxBytes)
+	}
 
 	// Stop closes the device: dialing fails, Closed is reported.
 	stop := newReporter()
@@ -155,6 +165,9 @@ func TestTunnelConnectsDialsAndStops(t *testing.T) {
 	}
 	if _, err := tun.DialContext(context.Background(), "tcp", netip.AddrPortFrom(demo.ServerIPv4, 80)); !errors.Is(err, netstack.ErrNotConnected) {
 		t.Fatalf("dial after Stop: %v", err)
+	}
+	if st := tun.Stats(); st != (netstack.Stats{}) {
+		t.Errorf("Stats after Stop: %+v, want zero", st)
 	}
 	tun.Close()
 	srv.Close()
