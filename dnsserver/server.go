@@ -61,6 +61,9 @@ type Server struct {
 	Logger *slog.Logger
 	// Timeout bounds answering one query; 0 means DefaultQueryTimeout.
 	Timeout time.Duration
+	// Observe, if set, learns every answer: its rcode, and whether it came
+	// from the cache. It is called from many goroutines.
+	Observe func(rcode int, cached bool)
 
 	initOnce sync.Once
 	log      *slog.Logger
@@ -268,6 +271,9 @@ func (s *Server) handler(network string) dns.Handler {
 	return dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		start := time.Now()
 		m, src, err := s.answer(q)
+		if s.Observe != nil {
+			s.Observe(m.Rcode, src == fromCache)
+		}
 		if network == "udp" {
 			m.Truncate(udpSize(q))
 		} else {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -353,7 +354,15 @@ func TestServerRefusesWithoutServers(t *testing.T) {
 // The SOCKS5 and HTTP proxies' lookups and the DNS server share the cache,
 // and a cached answer's TTLs count down.
 func TestServerCacheHit(t *testing.T) {
-	h := newHarness(t, nil)
+	var mu sync.Mutex
+	var observed []string
+	h := newHarness(t, func(h *harness) {
+		h.srv.Observe = func(rcode int, cached bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			observed = append(observed, fmt.Sprintf("%s cached=%v", dns.RcodeToString[rcode], cached))
+		}
+	})
 	addrs, err := h.r.LookupNetIP(context.Background(), "ip4", "www.example")
 	if err != nil || len(addrs) != 1 {
 		t.Fatalf("LookupNetIP: %v, %v", addrs, err)
@@ -375,6 +384,11 @@ func TestServerCacheHit(t *testing.T) {
 	}
 	if n := h.logs.waitCount(slog.LevelDebug, "query", 2); n != 2 {
 		t.Errorf("%d debug lines, want 2", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"NOERROR cached=true", "NOERROR cached=true"}; !slices.Equal(observed, want) {
+		t.Errorf("observed %q, want %q", observed, want)
 	}
 }
 

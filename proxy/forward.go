@@ -148,6 +148,7 @@ func (f *Forward) forwardTCP(c net.Conn) {
 			target.Close()
 		}
 	}
+	f.Gate.observe("forward", err)
 	if err != nil {
 		f.log.Debug("connection refused", "client", c.RemoteAddr().String(), "err", err)
 		abort(c) // a reset: the client learns at once
@@ -226,6 +227,7 @@ func (f *Forward) newUDPSession(local net.PacketConn, client net.Addr) (*udpSess
 	ctx, cancel := context.WithTimeout(context.Background(), f.dialTimeout())
 	defer cancel()
 	tunnel, err := dialHost(ctx, f.Gate, f.Resolver, "udp", f.host, f.port)
+	f.Gate.observe("forward-udp", err)
 	if err != nil {
 		return nil, err
 	}
@@ -423,6 +425,7 @@ func (e *Expose) serve(ctx context.Context, c net.Conn, dial func(context.Contex
 	defer c.Close()
 	release, err := e.Gate.Track(c)
 	if err != nil {
+		e.Gate.observe("expose", err)
 		abort(c)
 		return
 	}
@@ -432,6 +435,7 @@ func (e *Expose) serve(ctx context.Context, c net.Conn, dial func(context.Contex
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	target, err := dial(dctx, "tcp", e.Target)
 	cancel()
+	e.Gate.observe("expose", err)
 	if err != nil {
 		log.Debug("cannot reach the local service", "from", c.RemoteAddr().String(), "err", err)
 		abort(c)

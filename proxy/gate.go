@@ -62,6 +62,12 @@ type Gate struct {
 	// Disconnecting that leads to either. 0, the default, refuses at once.
 	// Set it before first use.
 	Hold time.Duration
+	// Observe, if set, learns the outcome of every flow a front-end
+	// tries: the front-end's name ("socks5", "socks5-udp", "http",
+	// "forward", "forward-udp", "expose") and "accepted" or why the flow
+	// was refused (see FlowOutcome). It is called from many goroutines.
+	// Set it before first use.
+	Observe func(frontend, outcome string)
 
 	// policy is read on every dial, without a lock.
 	policy atomic.Pointer[gatePolicy]
@@ -127,6 +133,39 @@ func (g *Gate) Apply(s state.Snapshot) error {
 	}
 	return nil
 }
+
+// observe reports a flow's outcome to Observe.
+func (g *Gate) observe(frontend string, err error) {
+	if g.Observe != nil {
+		g.Observe(frontend, FlowOutcome(err))
+	}
+}
+
+// FlowOutcome names what came of a flow, for metrics: "accepted" when err
+// is nil, and otherwise why it was refused: "blocked" (the tunnel is not
+// up), "auth" (wrong or missing credentials), "resolve" (the name did not
+// resolve), "timeout", or "dial" (the destination refused or could not be
+// reached).
+func FlowOutcome(err error) string {
+	var dnsErr *net.DNSError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "accepted"
+	case errors.Is(err, state.ErrBlocked):
+		return "blocked"
+	case errors.Is(err, errAuth):
+		return "auth"
+	case errors.As(err, &dnsErr):
+		return "resolve"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "dial"
+}
+
+// errAuth stands for a client that gave the wrong credentials, or none.
+var errAuth = errors.New("proxy: authentication failed")
 
 // Blocked returns nil when the gate is open, and otherwise the
 // *state.BlockedError a flow would get.

@@ -239,6 +239,7 @@ func (s *HTTP) connect(w http.ResponseWriter, r *http.Request) {
 	target, err := dialHost(ctx, s.Gate, s.Resolver, "tcp", host, port)
 	cancel()
 	if err != nil {
+		s.Gate.observe("http", err)
 		// What the client sent after CONNECT is not for us.
 		w.Header().Set("Connection", "close")
 		code, msg := httpFailure(err, r.Host)
@@ -253,6 +254,7 @@ func (s *HTTP) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	defer client.Close()
 	release, err := s.Gate.Track(client)
+	s.Gate.observe("http", err)
 	if err != nil {
 		code, msg := httpFailure(err, r.Host)
 		writeRawHTTPError(client, code, msg)
@@ -331,6 +333,7 @@ func (s *HTTP) forward(w http.ResponseWriter, r *http.Request) {
 	// Refuse at once while blocked, even if the transport holds an idle
 	// connection from before.
 	if err := s.Gate.Wait(r.Context()); err != nil {
+		s.Gate.observe("http", err)
 		code, msg := httpFailure(err, r.URL.Host)
 		s.reply(w, r, code, msg, err)
 		return
@@ -393,6 +396,7 @@ func (s *HTTP) dialTimeout() time.Duration {
 
 // forwarded logs a forwarded request once upstream has answered.
 func (s *HTTP) forwarded(res *http.Response) error {
+	s.Gate.observe("http", nil)
 	s.logRequest(res.Request, res.StatusCode, nil)
 	return nil
 }
@@ -404,6 +408,7 @@ func (s *HTTP) forwardFailed(w http.ResponseWriter, r *http.Request, err error) 
 			err = blocked // the gate closed under the request, and cut it
 		}
 	}
+	s.Gate.observe("http", err)
 	code, msg := httpFailure(err, r.URL.Host)
 	s.reply(w, r, code, msg, err)
 }
@@ -417,6 +422,7 @@ func (s *HTTP) authorized(w http.ResponseWriter, r *http.Request) bool {
 	if user, password, ok := parseProxyAuth(r.Header.Get("Proxy-Authorization")); ok && s.Credentials.Valid(user, password) {
 		return true
 	}
+	s.Gate.observe("http", errAuth)
 	w.Header().Set("Proxy-Authenticate", `Basic realm="warren"`)
 	s.reply(w, r, http.StatusProxyAuthRequired, "warren: proxy authentication required", nil)
 	return false

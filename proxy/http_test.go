@@ -18,6 +18,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -980,5 +981,31 @@ func waitForHTTP(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestHTTPFlowsObserved(t *testing.T) {
+	var log flowLog
+	h := newHTTPProxy(t, func(s *HTTP) {
+		s.Credentials = &Credentials{User: "alice", Password: "secret"}
+		s.Gate.Observe = log.observe
+	})
+	h.upstream(digestHandler)
+	get := func(user *url.Userinfo) {
+		t.Helper()
+		resp, err := h.client(user).Get("http://demo.warren/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+	}
+	alice := url.UserPassword("alice", "secret")
+	get(alice)                              // blocked
+	get(url.UserPassword("alice", "wrong")) // auth
+	h.gate.Apply(connected)
+	get(alice) // accepted
+	want := []string{"http blocked", "http auth", "http accepted"}
+	if got := log.take(); !slices.Equal(got, want) {
+		t.Errorf("observed %q, want %q", got, want)
 	}
 }

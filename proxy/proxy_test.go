@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -613,4 +614,75 @@ func TestSOCKS5Hold(t *testing.T) {
 	}
 	echo(t, c, "held, then through")
 	c.Close()
+}
+
+// flowLog records what a gate's Observe learns.
+type flowLog struct {
+	mu   sync.Mutex
+	seen []string // "frontend outcome"
+}
+
+func (l *flowLog) observe(frontend, outcome string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seen = append(l.seen, frontend+" "+outcome)
+}
+
+func (l *flowLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.seen
+	l.seen = nil
+	return s
+}
+
+// Every flow a front-end tries is reported once, with why it was refused.
+func TestFlowsObserved(t *testing.T) {
+	var log flowLog
+	h := newSOCKS(t, func(s *SOCKS5) { s.Gate.Observe = log.observe })
+	want := func(what string, wantSeen ...string) {
+		t.Helper()
+		var got []string
+		for deadline := time.Now().Add(5 * time.Second); len(got) < len(wantSeen) && time.Now().Before(deadline); {
+			got = append(got, log.take()...)
+			time.Sleep(time.Millisecond)
+		}
+		if !slices.Equal(got, wantSeen) {
+			t.Errorf("%s: observed %q, want %q", what, got, wantSeen)
+		}
+	}
+	rawConnect(t, h.addr, 1, []byte{10, 77, 0, 1}, 80)
+	want("while blocked", "socks5 blocked")
+	h.gate.Apply(connected)
+	rep, c := rawConnect(t, h.addr, 3, []byte("demo.warren"), 80)
+	if rep != 0 {
+		t.Fatalf("reply %#x", rep)
+	}
+	c.Close()
+	want("connected", "socks5 accepted")
+	rawConnect(t, h.addr, 3, []byte("nowhere.example"), 80)
+	want("unknown name", "socks5 resolve")
+	h.tunnel.mu.Lock()
+	h.tunnel.err = &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}
+	h.tunnel.mu.Unlock()
+	rawConnect(t, h.addr, 1, []byte{10, 77, 0, 1}, 80)
+	want("refused", "socks5 dial")
+}
+
+func TestFlowOutcome(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{nil, "accepted"},
+		{connecting.Blocked(), "blocked"},
+		{errAuth, "auth"},
+		{&net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}, "resolve"},
+		{context.DeadlineExceeded, "timeout"},
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, "dial"},
+	} {
+		if got := FlowOutcome(tt.err); got != tt.want {
+			t.Errorf("FlowOutcome(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
 }

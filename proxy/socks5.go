@@ -93,7 +93,7 @@ func (s *SOCKS5) init() {
 		}
 		if s.Credentials != nil {
 			opts = append(opts, socks5.WithAuthMethods([]socks5.Authenticator{
-				socks5.UserPassAuthenticator{Credentials: credentialStore{s.Credentials, s.log}},
+				socks5.UserPassAuthenticator{Credentials: credentialStore{s.Credentials, s.Gate, s.log}},
 			}))
 		}
 		s.srv = socks5.NewServer(opts...)
@@ -252,6 +252,7 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 			target.Close()
 		}
 	}
+	s.Gate.observe("socks5", err)
 	if err != nil {
 		rep := replyCode(err)
 		s.log.Debug("connect refused", "client", client.RemoteAddr().String(), "to", dest.Address(), "reply", rep, "err", err)
@@ -348,10 +349,12 @@ func (keepNames) Resolve(ctx context.Context, name string) (context.Context, net
 	return ctx, nil, nil
 }
 
-// credentialStore adapts Credentials to go-socks5, logging failures.
+// credentialStore adapts Credentials to go-socks5, logging and counting
+// failures.
 type credentialStore struct {
-	c   *Credentials
-	log *slog.Logger
+	c    *Credentials
+	gate *Gate
+	log  *slog.Logger
 }
 
 func (cs credentialStore) Valid(user, password, client string) bool {
@@ -359,6 +362,7 @@ func (cs credentialStore) Valid(user, password, client string) bool {
 		return true
 	}
 	cs.log.Warn("authentication failed", "client", client, "user", user)
+	cs.gate.observe("socks5", errAuth)
 	return false
 }
 

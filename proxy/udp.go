@@ -106,6 +106,7 @@ func (s *SOCKS5) associate(ctx context.Context, w io.Writer, req *socks5.Request
 		return fmt.Errorf("proxy: UDP ASSOCIATE on a %T, not a connection", w)
 	}
 	refuse := func(err error) error {
+		s.Gate.observe("socks5-udp", err)
 		rep := replyCode(err)
 		s.log.Debug("associate refused", "client", ctrl.RemoteAddr().String(), "reply", rep, "err", err)
 		return socks5.SendReply(w, rep, nil)
@@ -128,6 +129,7 @@ func (s *SOCKS5) associate(ctx context.Context, w io.Writer, req *socks5.Request
 		return refuse(err)
 	}
 	defer release()
+	s.Gate.observe("socks5-udp", nil)
 	a := &association{
 		s:      s,
 		relay:  relay,
