@@ -7,10 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/control"
 	"github.com/warren-vpn/warren/dnsserver"
 	"github.com/warren-vpn/warren/netstack"
 	"github.com/warren-vpn/warren/proxy"
@@ -29,6 +34,13 @@ type appOptions struct {
 	probes   []netip.Addr  // extra verification targets
 	hold     time.Duration // how long a new flow may wait while connecting
 	log      *slog.Logger
+	// load reads the configs again, for a reload; nil when they cannot be
+	// (the demo's is made in memory).
+	load func() ([]*config.Config, error)
+	// api are the control API's listeners; apiToken is what clients of a
+	// TCP one must send.
+	api      []apiSpec
+	apiToken string
 }
 
 // listenSpec is one proxy listener.
@@ -63,6 +75,14 @@ type app struct {
 	// server, or nil: for messages and tests.
 	socks5Addr, httpAddr, dnsAddr net.Addr
 	log                           *slog.Logger
+
+	load      func() ([]*config.Config, error)
+	frontends config.Frontends // the first config's listener sections, as started
+	reloadMu  sync.Mutex       // one reload at a time
+
+	metrics   *control.Metrics
+	listening []control.Listener // every listener, for the API's status
+	apiAddrs  []string           // the API's listeners, as network:addr
 }
 
 // service is one running front-end.
@@ -101,6 +121,24 @@ func (ls *listeners) udp(addr string) (net.PacketConn, error) {
 	return pc, err
 }
 
+// api opens one of the API's listeners.
+func (ls *listeners) api(spec apiSpec) (net.Listener, error) {
+	if spec.network == "tcp" {
+		return ls.tcp(spec.addr)
+	}
+	l, err := control.ListenUnix(spec.addr)
+	if err == nil {
+		ls.closers = append(ls.closers, l.Close)
+	}
+	return l, err
+}
+
+// openedAPI is an API listener, open.
+type openedAPI struct {
+	spec apiSpec
+	l    net.Listener
+}
+
 func (ls *listeners) closeAll() {
 	for _, c := range ls.closers {
 		c()
@@ -122,9 +160,11 @@ func startApp(o appOptions) (a *app, err error) {
 			tunnel.Close()
 		}
 	}()
-	a = &app{log: o.log, tunnel: tunnel}
+	a = &app{log: o.log, tunnel: tunnel, load: o.load, frontends: o.configs[0].Frontends}
 	a.gate = proxy.NewGate(a.tunnel)
 	a.gate.Hold = o.hold
+	a.metrics = control.NewMetrics()
+	a.gate.Observe = a.metrics.Flow
 	a.resolver = dnsserver.NewResolver(a.gate, a.tunnel.DNS)
 
 	// Open every socket first.
@@ -180,6 +220,19 @@ func startApp(o appOptions) (a *app, err error) {
 		fwds = append(fwds, of)
 	}
 
+	var apis []openedAPI
+	for _, spec := range o.api {
+		l, err := ls.api(spec)
+		switch {
+		case err != nil && spec.soft:
+			o.log.Warn("control API not started at its default socket; choose one with --api unix:PATH, or --api off", "addr", spec.addr, "err", err)
+		case err != nil:
+			return nil, fmt.Errorf("control API: %w", err)
+		default:
+			apis = append(apis, openedAPI{spec, l})
+		}
+	}
+
 	a.machine, err = state.New(state.Options{
 		Tunnel:  a.tunnel,
 		Policy:  a.gate,
@@ -198,6 +251,7 @@ func startApp(o appOptions) (a *app, err error) {
 		if a.socks5Addr == nil {
 			a.socks5Addr = s.l.Addr()
 		}
+		a.listening = append(a.listening, control.Listener{Name: "socks5", Addr: s.l.Addr().String()})
 		o.log.Info("SOCKS5 proxy listening", "addr", s.l.Addr().String(), "auth", s.spec.creds != nil)
 	}
 	for _, s := range https {
@@ -207,11 +261,13 @@ func startApp(o appOptions) (a *app, err error) {
 		if a.httpAddr == nil {
 			a.httpAddr = s.l.Addr()
 		}
+		a.listening = append(a.listening, control.Listener{Name: "http", Addr: s.l.Addr().String()})
 		o.log.Info("HTTP proxy listening", "addr", s.l.Addr().String(), "auth", s.spec.creds != nil)
 	}
 	if dnsUDP != nil {
 		a.startDNS(dnsUDP, dnsTCP)
 		a.dnsAddr = dnsUDP.LocalAddr()
+		a.listening = append(a.listening, control.Listener{Name: "dns", Addr: a.dnsAddr.String()})
 		o.log.Info("DNS server listening", "addr", dnsUDP.LocalAddr().String(), "tcp", true)
 	}
 	for _, f := range fwds {
@@ -227,6 +283,7 @@ func startApp(o appOptions) (a *app, err error) {
 			protos = append(protos, "udp")
 		}
 		o.log.Info("forwarding into the tunnel", "from", f.spec.local, "to", f.spec.target, "protocols", protos)
+		a.listening = append(a.listening, control.Listener{Name: "forward", Addr: f.spec.local + "=" + f.spec.target})
 	}
 	for _, e := range o.exposes {
 		ex := &proxy.Expose{Gate: a.gate, Port: e.port, Target: e.target, Logger: o.log}
@@ -237,13 +294,52 @@ func startApp(o appOptions) (a *app, err error) {
 		})
 		svc.start(func() error { return ex.Run(ctx) })
 		o.log.Info("exposing a local service in the tunnel", "port", e.port, "to", e.target)
+		a.listening = append(a.listening, control.Listener{Name: "expose", Addr: fmt.Sprintf("%d=%s", e.port, e.target)})
 	}
-	for _, c := range o.configs {
+	for _, api := range apis {
+		a.listening = append(a.listening, control.Listener{Name: "api", Addr: api.spec.network + ":" + api.l.Addr().String()})
+		a.apiAddrs = append(a.apiAddrs, api.spec.network+":"+api.l.Addr().String())
+	}
+	a.startAPI(apis, o.apiToken)
+	warnNoDNS(o.configs, o.log)
+	return a, nil
+}
+
+// reload reads the configs again and, if they are all valid, hands them
+// to the machine, which reconnects with them if it is connecting or
+// connected; the listeners stay open. If any is invalid, nothing changes
+// and the error lists every problem. It returns the snapshot the reload
+// led to.
+func (a *app) reload(ctx context.Context) (state.Snapshot, error) {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	if a.load == nil {
+		return a.machine.Current(), errors.New("this warren's config is made in memory and cannot be reloaded")
+	}
+	configs, err := a.load()
+	if err != nil {
+		a.log.Error("reload: the new config is rejected; the tunnel is left as it was", "err", err)
+		return a.machine.Current(), err
+	}
+	if !reflect.DeepEqual(configs[0].Frontends, a.frontends) {
+		a.log.Warn("reload: the config's listener sections changed; listeners are not reopened by a reload, restart warren to apply them", "config", configs[0].Path)
+	}
+	warnNoDNS(configs, a.log)
+	s, err := a.machine.Reload(ctx, configs)
+	if err != nil {
+		return s, err
+	}
+	a.log.Info("reload: config re-read", "configs", len(configs), "state", s.String())
+	return s, nil
+}
+
+// warnNoDNS warns about each config that names no DNS server.
+func warnNoDNS(configs []*config.Config, log *slog.Logger) {
+	for _, c := range configs {
 		if len(c.Interface.DNS) == 0 {
-			o.log.Warn("the config has no DNS server: while it is in use, names cannot be resolved through the tunnel, and warren never asks the host's resolver; connect by IP address", "config", c.Path)
+			log.Warn("the config has no DNS server: while it is in use, names cannot be resolved through the tunnel, and warren never asks the host's resolver; connect by IP address", "config", c.Path)
 		}
 	}
-	return a, nil
 }
 
 // listenDNS opens the DNS server's UDP socket and TCP listener on addr. With
@@ -265,10 +361,54 @@ func listenDNS(ls *listeners, addr string) (net.PacketConn, net.Listener, error)
 	return pc, l, nil
 }
 
+// startAPI serves the control API on its listeners, and keeps the metrics
+// of the machine's transitions.
+func (a *app) startAPI(apis []openedAPI, token string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		a.metrics.Watch(ctx, a.machine)
+	}()
+	a.metrics.SetStats(a.tunnelStats, a.gate.Flows)
+	srv := &control.Server{
+		Machine:   a.machine,
+		Stats:     a.tunnelStats,
+		Flows:     a.gate.Flows,
+		Listeners: func() []control.Listener { return a.listening },
+		Metrics:   a.metrics,
+		Logger:    a.log,
+	}
+	if a.load != nil {
+		srv.Reload = a.reload
+	}
+	svc := a.add("control API", func(ctx context.Context) error {
+		cancel()
+		<-watched
+		return srv.Shutdown(ctx)
+	})
+	for _, api := range apis {
+		tok := token
+		if api.spec.network != "tcp" {
+			tok = "" // the unix socket is guarded by its mode
+		}
+		svc.start(func() error { return srv.Serve(api.l, tok) })
+		a.log.Info("control API listening", "addr", api.spec.network+":"+api.l.Addr().String())
+	}
+}
+
+// tunnelStats is what the tunnel up now has done, for the API.
+func (a *app) tunnelStats() control.TunnelStats {
+	st := a.tunnel.Stats()
+	return control.TunnelStats{LastHandshake: st.LastHandshake, RxBytes: st.RxBytes, TxBytes: st.TxBytes}
+}
+
 // startDNS serves the DNS server on pc and l, answering through the shared
 // resolver.
 func (a *app) startDNS(pc net.PacketConn, l net.Listener) {
-	srv := &dnsserver.Server{Resolver: a.resolver, Logger: a.log}
+	srv := &dnsserver.Server{Resolver: a.resolver, Logger: a.log, Observe: func(rcode int, cached bool) {
+		a.metrics.DNSQuery(dns.RcodeToString[rcode], cached)
+	}}
 	svc := a.add("DNS server on "+pc.LocalAddr().String(), srv.Shutdown)
 	svc.start(func() error { return srv.Serve(pc, l) })
 }
@@ -291,7 +431,8 @@ func (a *app) shutdown(ctx context.Context) error {
 	for _, s := range a.services {
 		for range s.serving {
 			if err := <-s.finished; err != nil && !errors.Is(err, proxy.ErrServerClosed) &&
-				!errors.Is(err, dnsserver.ErrServerClosed) && !errors.Is(err, context.Canceled) {
+				!errors.Is(err, dnsserver.ErrServerClosed) && !errors.Is(err, control.ErrServerClosed) &&
+				!errors.Is(err, context.Canceled) {
 				errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
 			}
 		}

@@ -40,6 +40,9 @@ func wgQuick(cfg *config.Config) string {
 	}
 	for _, p := range cfg.Peers {
 		fmt.Fprintf(&b, "\n[Peer]\nPublicKey = %s\nEndpoint = %s\n", k(p.PublicKey), p.Endpoint)
+		if !p.PresharedKey.IsZero() {
+			fmt.Fprintf(&b, "PresharedKey = %s\n", k(p.PresharedKey))
+		}
 		for _, a := range p.AllowedIPs {
 			fmt.Fprintf(&b, "AllowedIPs = %s\n", a)
 		}
@@ -90,6 +93,22 @@ type process struct {
 	lines  chan map[string]any
 	stdout chan string
 	done   chan error
+
+	mu  sync.Mutex
+	raw strings.Builder // everything it wrote, stdout and stderr
+}
+
+// output returns everything the process wrote so far.
+func (p *process) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.raw.String()
+}
+
+func (p *process) record(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.raw.WriteString(line + "\n")
 }
 
 func startWarren(t *testing.T, args ...string) *process {
@@ -106,7 +125,10 @@ func startWarrenIn(t *testing.T, netns string, args ...string) *process {
 		// ip netns exec execs the command: the pid is warren's.
 		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, warrenBinary(t)}, args...)...)
 	}
-	cmd.Env = append(os.Environ(), "WARREN_LOG_FORMAT=json")
+	// Each warren its own API socket (unless args give --api), not the
+	// machine's default one.
+	api := "unix:" + filepath.Join(t.TempDir(), "warren.sock")
+	cmd.Env = append(os.Environ(), "WARREN_LOG_FORMAT=json", "WARREN_API="+api)
 	stderr, _ := cmd.StderrPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
@@ -124,6 +146,7 @@ func startWarrenIn(t *testing.T, netns string, args ...string) *process {
 				m = map[string]any{"msg": sc.Text()}
 			}
 			t.Logf("warren: %s", sc.Text())
+			p.record(sc.Text())
 			p.lines <- m
 		}
 	}()
@@ -131,6 +154,7 @@ func startWarrenIn(t *testing.T, netns string, args ...string) *process {
 		defer readers.Done()
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			p.record(sc.Text())
 			p.stdout <- sc.Text()
 		}
 	}()

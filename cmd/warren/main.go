@@ -1,7 +1,9 @@
 // Command warren is a fail-closed WireGuard client that needs no kernel
 // module: it runs a userspace WireGuard tunnel and offers it to applications
-// as a SOCKS5 proxy, refusing every flow at once unless the tunnel is
-// verified up.
+// as a SOCKS5 proxy, an HTTP proxy, a DNS server and port forwards, refusing
+// every flow at once unless the tunnel is verified up; a local API (and the
+// status, connect, disconnect, reconnect, reload and healthcheck commands)
+// watches and steers it.
 //
 // This file holds the command line: flags, environment, subcommands. The
 // wiring is in app.go; the logic is in the packages.
@@ -39,7 +41,16 @@ Usage:
   warren up -c FILE [flags]   connect with a wg-quick config and serve the proxy
   warren demo [flags]         connect to an in-process demo peer and serve the proxy
   warren check -c FILE        validate a config
+  warren status [--watch]     show the running warren's state (--json for the API's JSON)
+  warren connect              ask the running warren to connect
+  warren disconnect           ... to disconnect (it keeps refusing every flow)
+  warren reconnect            ... to tear the tunnel down and connect again
+  warren reload               ... to read its config again (SIGHUP does too)
+  warren healthcheck          exit 0 iff the running warren is ready (for HEALTHCHECK)
   warren version              print version information
+
+The commands that talk to a running warren take --api unix:PATH|tcp:ADDR
+(default: its default socket) and, for tcp:, --api-token-file FILE.
 
 Run 'warren COMMAND -h' for a command's flags. Every flag can also be set
 with an environment variable: --socks5 is WARREN_SOCKS5, --config is
@@ -69,6 +80,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = cmdDemo(ctx, args, getenv, stdout, stderr)
 	case "check":
 		err = cmdCheck(args, getenv, stdout, stderr)
+	case "status":
+		err = cmdStatus(ctx, args, getenv, stdout, stderr)
+	case "connect":
+		err = cmdConnect(ctx, args, getenv, stdout, stderr)
+	case "disconnect":
+		err = cmdDisconnect(ctx, args, getenv, stdout, stderr)
+	case "reconnect":
+		err = cmdReconnect(ctx, args, getenv, stdout, stderr)
+	case "reload":
+		err = cmdReload(ctx, args, getenv, stdout, stderr)
+	case "healthcheck":
+		err = cmdHealthcheck(ctx, args, getenv, stdout, stderr)
 	case "version":
 		printVersion(stdout)
 	case "help", "-h", "--help":
@@ -101,11 +124,13 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 		paths     configFlags
 		noConnect bool
 		pf        proxyFlags
+		af        apiServeFlags
 		lf        logFlags
 	)
 	paths.register(fs)
 	fs.BoolVar(&noConnect, "no-connect", false, "start Disconnected: serve the proxy (refusing every flow) but do not connect")
 	pf.register(fs)
+	af.register(fs)
 	lf.register(fs)
 	if err := parseFlags(fs, args, getenv, aliasC); err != nil {
 		return err
@@ -122,7 +147,11 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 	o := appOptions{configs: configs, log: log}
+	o.load = func() ([]*config.Config, error) { return loadConfigs(paths, log) }
 	if err := pf.frontends(&o, given(fs), configs[0], getenv); err != nil {
+		return err
+	}
+	if err := af.apply(&o, getenv); err != nil {
 		return err
 	}
 	for _, c := range configs[1:] {
@@ -140,8 +169,19 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 			return err
 		}
 	}
-	<-ctx.Done()
-	return stopApp(a, log)
+	// SIGHUP reloads the config.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading the config")
+			a.reload(ctx) // it logs what came of it
+		case <-ctx.Done():
+			return stopApp(a, log)
+		}
+	}
 }
 
 // loadConfigs reads and validates configs, logging their warnings. Every
@@ -182,9 +222,11 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	fs := newFlagSet("demo", stderr)
 	var (
 		pf proxyFlags
+		af apiServeFlags
 		lf logFlags
 	)
 	pf.register(fs)
+	af.register(fs)
 	lf.register(fs)
 	if err := parseFlags(fs, args, getenv, nil); err != nil {
 		return err
@@ -200,6 +242,9 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	defer srv.Close()
 	o := appOptions{configs: []*config.Config{srv.ClientConfig()}, log: log}
 	if err := pf.frontends(&o, given(fs), nil, getenv); err != nil {
+		return err
+	}
+	if err := af.apply(&o, getenv); err != nil {
 		return err
 	}
 	a, err := startApp(o)
