@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,13 +101,66 @@ func metricOf(m *dto.Metric) float64 {
 func TestAPIEndToEnd(t *testing.T) {
 	srv := startDemo(t, demo.Options{})
 	sock := filepath.Join(t.TempDir(), "warren.sock")
+	const token = "t0ken-for-the-test"
 	a := startTestApp(t, srv.ClientConfig(), allFrontends, func(o *appOptions) {
-		o.api = []apiSpec{{network: "unix", addr: sock}}
+		o.api = []apiSpec{{network: "unix", addr: sock}, {network: "tcp", addr: "127.0.0.1:0"}}
+		o.apiToken = token
 	})
 	c := unixHTTP(sock)
 	if code, body := apiDo(t, c, http.MethodGet, "/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz while disconnected: %d %s", code, body)
 	}
+
+	// On TCP, the token is required.
+	tcpAddr := strings.TrimPrefix(a.apiAddrs[1], "tcp:")
+	for _, auth := range []string{"", "Bearer wrong", "Bearer " + token} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+tcpAddr+"/v1/status", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := (&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := http.StatusUnauthorized
+		if auth == "Bearer "+token {
+			want = http.StatusOK
+		}
+		if resp.StatusCode != want {
+			t.Errorf("TCP API with %q: %s, want %d", auth, resp.Status, want)
+		}
+	}
+
+	// The event stream, from before connecting to after disconnecting.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://warren/v1/events", nil)
+	events, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Body.Close()
+	states := make(chan []string, 1)
+	go func() {
+		var seen []string
+		sc := bufio.NewScanner(events.Body)
+		for sc.Scan() {
+			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+			if !ok {
+				continue
+			}
+			var st control.Status
+			json.Unmarshal([]byte(data), &st)
+			if len(seen) == 0 || seen[len(seen)-1] != st.State {
+				seen = append(seen, st.State)
+			}
+			if st.State == "disconnected" && len(seen) > 1 {
+				break
+			}
+		}
+		states <- seen
+	}()
 	if code, _ := apiDo(t, c, http.MethodPost, "/v1/connect"); code != 200 {
 		t.Fatalf("connect: %d", code)
 	}
@@ -148,12 +203,17 @@ func TestAPIEndToEnd(t *testing.T) {
 	for {
 		code, _ := apiDo(t, c, http.MethodGet, "/readyz")
 		if code == http.StatusServiceUnavailable {
+			t.Logf("/readyz 503 %v after the Disconnect command returned", time.Since(begin))
 			break
 		}
 		if time.Since(begin) > time.Second {
 			t.Fatalf("/readyz still %d a second after Disconnect", code)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	want := []string{"disconnected", "connecting", "connected", "disconnecting", "disconnected"}
+	if seen := <-states; !slices.Equal(seen, want) {
+		t.Errorf("events: %v, want %v", seen, want)
 	}
 	if _, err := socksClient(t, a.socks5Addr.String()).Get("http://" + demo.Name + "/"); err == nil {
 		t.Error("a flow went through after Disconnect")
