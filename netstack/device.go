@@ -17,6 +17,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -42,14 +43,35 @@ type DeviceOptions struct {
 	Bind conn.Bind
 	// Logger receives wireguard-go's log; nil discards it.
 	Logger *slog.Logger
+	// TUN, if set, is the tunnel side instead of the userspace stack: host
+	// mode's kernel TUN. Such a device cannot dial or listen (those are the
+	// host's to do), and pings through TUN.Ping. The device owns it and
+	// closes it.
+	TUN HostTUN
+	// Mark, if not 0, is the fwmark of the device's UDP socket, so that
+	// host mode's policy routing and firewall can tell it apart.
+	Mark uint32
 }
+
+// HostTUN is a tunnel side other than the userspace stack: a kernel TUN.
+type HostTUN interface {
+	tun.Device
+	// Ping sends an ICMP echo request from the tunnel's own address to
+	// to into the device, as if the host had sent it, to make the peer
+	// answer.
+	Ping(to netip.Addr) error
+}
+
+// errHostTUN is returned by a device on a HostTUN asked to dial or listen.
+var errHostTUN = errors.New("netstack: the device is on a kernel TUN: the host dials and listens, not warren")
 
 // Device is a WireGuard device whose tunnel side is a userspace TCP/IP stack.
 // Dialing and listening through it never touch the host's network: the
 // packets are encrypted and sent to the peer, or they go nowhere.
 type Device struct {
-	wg *device.Device
-	ts *tunStack
+	wg   *device.Device
+	ts   *tunStack // nil on a HostTUN
+	host HostTUN   // or nil
 
 	closeOnce sync.Once
 }
@@ -58,22 +80,30 @@ type Device struct {
 // it is left.
 func NewDevice(opts DeviceOptions) (d *Device, err error) {
 	cfg := opts.Config
-	ts, err := newTunStack(cfg.Interface.Addresses, cfg.Interface.MTU)
-	if err != nil {
-		return nil, err
+	var td tun.Device = opts.TUN
+	var ts *tunStack
+	if opts.TUN == nil {
+		if ts, err = newTunStack(cfg.Interface.Addresses, cfg.Interface.MTU); err != nil {
+			return nil, err
+		}
+		td = ts
 	}
 	bind := opts.Bind
 	if bind == nil {
 		bind = conn.NewDefaultBind()
 	}
-	wg := device.NewDevice(ts, bind, wgLogger(opts.Logger))
-	dev := &Device{wg: wg, ts: ts}
+	wg := device.NewDevice(td, bind, wgLogger(opts.Logger))
+	dev := &Device{wg: wg, ts: ts, host: opts.TUN}
 	defer func() {
 		if err != nil {
 			dev.Close() // not d: a return statement has set it to nil
 		}
 	}()
-	if err := wg.IpcSet(uapiConfig(cfg, opts.Endpoints)); err != nil {
+	conf := uapiConfig(cfg, opts.Endpoints)
+	if opts.Mark != 0 {
+		conf = fmt.Sprintf("fwmark=%d\n", opts.Mark) + conf
+	}
+	if err := wg.IpcSet(conf); err != nil {
 		return nil, fmt.Errorf("netstack: configure device: %v", err)
 	}
 	if err := wg.Up(); err != nil {
@@ -110,9 +140,11 @@ func uapiConfig(cfg *config.Config, endpoints []netip.AddrPort) string {
 // their goroutines. It is safe to call more than once.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
-		d.wg.Close() // closes the tunStack too
+		d.wg.Close() // closes the tunStack or HostTUN too
 		<-d.wg.Wait()
-		d.ts.Close()
+		if d.ts != nil {
+			d.ts.Close()
+		}
 	})
 	return nil
 }
@@ -215,6 +247,9 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 // DialTCP opens a TCP connection through the tunnel. The connection's Abort
 // method resets it.
 func (d *Device) DialTCP(ctx context.Context, to netip.AddrPort) (*TCPConn, error) {
+	if d.ts == nil {
+		return nil, errHostTUN
+	}
 	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 	fa, proto := fullAddr(to)
 	var wq waiter.Queue
@@ -253,6 +288,9 @@ func (c *TCPConn) Abort() { c.ep.Abort() }
 
 // DialUDP opens a connected UDP socket through the tunnel.
 func (d *Device) DialUDP(to netip.AddrPort) (net.Conn, error) {
+	if d.ts == nil {
+		return nil, errHostTUN
+	}
 	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 	fa, proto := fullAddr(to)
 	c, err := gonet.DialUDP(d.ts.stack, nil, &fa, proto)
@@ -265,6 +303,9 @@ func (d *Device) DialUDP(to netip.AddrPort) (net.Conn, error) {
 // ListenTCP listens for TCP connections on the tunnel side, at one of the
 // device's own addresses (or all of them, with an unspecified address).
 func (d *Device) ListenTCP(at netip.AddrPort) (net.Listener, error) {
+	if d.ts == nil {
+		return nil, errHostTUN
+	}
 	fa, proto := fullAddr(at)
 	l, err := gonet.ListenTCP(d.ts.stack, fa, proto)
 	if err != nil {
@@ -275,6 +316,9 @@ func (d *Device) ListenTCP(at netip.AddrPort) (net.Listener, error) {
 
 // ListenUDP opens a UDP socket on the tunnel side.
 func (d *Device) ListenUDP(at netip.AddrPort) (net.PacketConn, error) {
+	if d.ts == nil {
+		return nil, errHostTUN
+	}
 	fa, proto := fullAddr(at)
 	c, err := gonet.DialUDP(d.ts.stack, &fa, nil, proto)
 	if err != nil {
@@ -287,6 +331,9 @@ func (d *Device) ListenUDP(at netip.AddrPort) (net.PacketConn, error) {
 // for the answer; the device's received-bytes counter shows whether one came.
 func (d *Device) SendPing(to netip.Addr) error {
 	to = to.Unmap()
+	if d.host != nil {
+		return d.host.Ping(to)
+	}
 	var wq waiter.Queue
 	tp, np := icmp.ProtocolNumber4, tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
 	echo := []byte{8, 0, 0, 0, 0, 0, 0, 1} // type 8 (echo request); checksum and id filled in by the stack

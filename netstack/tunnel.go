@@ -77,6 +77,37 @@ type TunnelOptions struct {
 	// also get a DNS query). With no target at all, a completed handshake is
 	// all the verification there is.
 	ProbeTargets []netip.Addr
+
+	// Host mode (package hostmode) runs the same attempts on a kernel TUN:
+	//
+	// NewTUN, if set, makes each attempt's tunnel side; its error fails the
+	// attempt with the cause it wraps (a *CauseError), or tunnel-device.
+	NewTUN func(cfg *config.Config) (HostTUN, error)
+	// Mark is the fwmark of each device's UDP socket; 0 for none.
+	Mark uint32
+	// OnEndpoints, if set, learns each attempt's resolved endpoints before
+	// anything is sent to them (host mode's firewall lets only those
+	// through); its error fails the attempt, as NewTUN's does.
+	OnEndpoints func(cfg *config.Config, endpoints []netip.AddrPort) error
+}
+
+// CauseError is an error with the state.Cause it should be reported as.
+type CauseError struct {
+	Cause       state.Cause
+	Recoverable bool
+	Err         error
+}
+
+func (e *CauseError) Error() string { return e.Err.Error() }
+func (e *CauseError) Unwrap() error { return e.Err }
+
+// causeOf is the cause to report err as: its own if it has one, else c.
+func causeOf(err error, c state.Cause) (state.Cause, bool, error) {
+	var ce *CauseError
+	if errors.As(err, &ce) {
+		return ce.Cause, ce.Recoverable, ce.Err
+	}
+	return c, c.Recoverable(), err
 }
 
 // Tunnel is the proxy-mode implementation of state.Tunnel.
@@ -313,12 +344,25 @@ func (t *Tunnel) attempt(rn *run, a state.Attempt, r state.Reporter) {
 		fail(state.CauseEndpointResolution, true, err)
 		return
 	}
+	if t.opts.OnEndpoints != nil {
+		if err := t.opts.OnEndpoints(a.Config, endpoints); err != nil {
+			fail(causeOf(err, state.CauseFirewall))
+			return
+		}
+	}
+	var host HostTUN
+	if t.opts.NewTUN != nil {
+		if host, err = t.opts.NewTUN(a.Config); err != nil {
+			fail(causeOf(err, state.CauseTunnelDevice))
+			return
+		}
+	}
 	bind := &countingBind{Bind: conn.NewDefaultBind()}
 	if t.opts.NewBind != nil {
 		bind.Bind = t.opts.NewBind()
 	}
-	dev, err := NewDevice(DeviceOptions{Config: a.Config, Endpoints: endpoints, Bind: bind, Logger: t.log})
-	if err != nil {
+	dev, err := NewDevice(DeviceOptions{Config: a.Config, Endpoints: endpoints, Bind: bind, Logger: t.log, TUN: host, Mark: t.opts.Mark})
+	if err != nil { // NewDevice has closed host
 		fail(state.CauseTunnelDevice, false, err)
 		return
 	}
