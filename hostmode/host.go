@@ -1,0 +1,263 @@
+//go:build linux
+
+// Package hostmode is warren's host-mode backend: the same state machine
+// as proxy mode, driving WireGuard on a kernel TUN for a whole network
+// namespace (a machine, or a pod that shares its namespace with warren),
+// with wg-quick's policy routing and an nftables kill switch.
+//
+// Host is both halves the state machine needs: Tunnel (a state.Tunnel: the
+// attempts, verification and liveness of package netstack, on a kernel TUN)
+// and the Policy it applies at every transition (the firewall, then the
+// routes). The firewall is what keeps the namespace closed; the routes only
+// steer traffic into the tunnel once it is up:
+//
+//   - Disconnected: no table and no routes (with lockdown: blocked, as in
+//     Error).
+//   - Connecting: blocked, but for warren's own marked socket: UDP to the
+//     endpoints of the attempt, and DNS to resolve their names.
+//   - Connected: the TUN too, DNS only to the tunnel's DNS servers; default
+//     routes in warren's table.
+//   - Disconnecting, Error: blocked; no routes.
+//
+// firewall.go says exactly what passes in each case. If warren dies, the
+// table stays and the namespace stays closed; Cleanup (warren down) and the
+// next New remove what is left.
+package hostmode
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/netstack"
+	"github.com/warren-vpn/warren/state"
+)
+
+// DefaultTUN is the TUN's name when Options gives none.
+const DefaultTUN = "warren0"
+
+// Options configure a Host.
+type Options struct {
+	TUN      string // the TUN's name; "" means DefaultTUN
+	Mark     uint32 // fwmark of warren's sockets; 0 means DefaultMark
+	Table    int    // routing table; 0 means DefaultTable
+	Priority int    // routing rules' priority; 0 means DefaultPriority
+	// AllowLAN lets the private address ranges through in every state.
+	AllowLAN bool
+	// ProbeTargets are passed to the tunnel (see netstack.TunnelOptions).
+	ProbeTargets []netip.Addr
+	Logger       *slog.Logger
+}
+
+// Host is host mode: a state.Tunnel and a state.Policy over one kernel TUN.
+type Host struct {
+	*netstack.Tunnel
+	opts Options
+	log  *slog.Logger
+	fw   *Firewall
+	rt   *Routing
+
+	// mu guards the fields below.
+	mu        sync.Mutex
+	cfg       *config.Config   // the config of the latest attempt
+	endpoints []netip.AddrPort // its resolved endpoints
+	rules     Ruleset          // the ruleset applied last
+	snap      state.Snapshot   // the snapshot applied last
+	tun       *kernelTUN       // the latest attempt's TUN
+}
+
+var (
+	_ state.Tunnel = (*Host)(nil)
+	_ state.Policy = (*Host)(nil)
+)
+
+// New prepares host mode in the calling process's network namespace: it
+// removes what a warren that died may have left (its routes, rules and
+// TUN; its firewall table is replaced by the first Apply), and installs
+// the routing rules, which send nothing anywhere until the tunnel's routes
+// are added.
+func New(opts Options) (*Host, error) {
+	if opts.TUN == "" {
+		opts.TUN = DefaultTUN
+	}
+	if opts.Mark == 0 {
+		opts.Mark = DefaultMark
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &Host{opts: opts, log: opts.Logger.With("component", "hostmode")}
+	fw, err := NewFirewall(-1)
+	if err != nil {
+		return nil, fmt.Errorf("hostmode: firewall: %w", err)
+	}
+	h.fw = fw
+	rt, err := NewRouting(RoutingOptions{NetNS: netns.None(), Table: opts.Table, Mark: opts.Mark, Priority: opts.Priority})
+	if err != nil {
+		return nil, fmt.Errorf("hostmode: routing: %w", err)
+	}
+	h.rt = rt
+	if err := rt.Cleanup(opts.TUN); err != nil {
+		rt.Close()
+		return nil, fmt.Errorf("hostmode: remove what an earlier warren left: %w", err)
+	}
+	if err := rt.SetRules(true, true); err != nil {
+		rt.Cleanup(opts.TUN)
+		rt.Close()
+		return nil, fmt.Errorf("hostmode: routing rules: %w", err)
+	}
+	h.Tunnel = netstack.NewTunnel(netstack.TunnelOptions{
+		Logger:       opts.Logger,
+		Resolver:     markedResolver(opts.Mark),
+		ProbeTargets: opts.ProbeTargets,
+		Mark:         opts.Mark,
+		NewTUN:       h.newTUN,
+		OnEndpoints:  h.onEndpoints,
+	})
+	return h, nil
+}
+
+// newTUN creates an attempt's TUN and gives it the config's addresses.
+func (h *Host) newTUN(cfg *config.Config) (netstack.HostTUN, error) {
+	t, err := createTUN(h.opts.TUN, cfg.Interface.MTU, cfg.Interface.Addresses)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.rt.SetupLink(h.opts.TUN, cfg.Interface.Addresses, cfg.Interface.MTU); err != nil {
+		t.Close()
+		return nil, &netstack.CauseError{Cause: state.CauseRouting, Err: fmt.Errorf("set up %s: %w", h.opts.TUN, err)}
+	}
+	h.mu.Lock()
+	h.tun = t
+	h.mu.Unlock()
+	return t, nil
+}
+
+// onEndpoints lets the attempt's endpoints through the firewall before
+// anything is sent to them.
+func (h *Host) onEndpoints(cfg *config.Config, endpoints []netip.AddrPort) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cfg = cfg
+	h.endpoints = slices.DeleteFunc(slices.Clone(endpoints), func(a netip.AddrPort) bool { return !a.IsValid() })
+	if h.snap.State != state.Connecting {
+		return nil // a stale attempt: the policy of the state it is in holds
+	}
+	r := h.rules
+	r.Endpoints = h.endpoints
+	if err := h.fw.Apply(r); err != nil {
+		return &netstack.CauseError{Cause: state.CauseFirewall, Err: err}
+	}
+	h.rules = r
+	return nil
+}
+
+// Apply sets the firewall and the routes for s: the firewall first, so
+// that traffic is blocked before routes are removed and allowed before
+// they are added.
+func (h *Host) Apply(s state.Snapshot) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.snap = s
+	r := Ruleset{Block: true, TUN: h.opts.TUN, Mark: h.opts.Mark, AllowLAN: h.opts.AllowLAN}
+	var routes []netip.Prefix
+	switch s.State {
+	case state.Disconnected:
+		r.Block = s.Lockdown
+	case state.Connecting:
+		r.ResolveEndpoint = true
+		// This attempt's endpoints come with onEndpoints; until then the
+		// last ones stay allowed, which is no wider than before.
+		r.Endpoints = h.endpoints
+	case state.Connected:
+		r.Connected = true
+		r.Endpoints = h.endpoints
+		if h.cfg != nil {
+			r.TunnelDNS = h.cfg.Interface.DNS
+			r.TunnelIPv6 = carriesIPv6(h.cfg)
+			for _, p := range h.cfg.Peers {
+				routes = append(routes, p.AllowedIPs...)
+			}
+		}
+	}
+	var errs []error
+	if err := h.fw.Apply(r); err != nil {
+		errs = append(errs, fmt.Errorf("firewall: %w", err))
+	} else {
+		h.rules = r
+	}
+	if s.State != state.Connected || len(errs) > 0 {
+		routes = nil
+	}
+	if err := h.rt.SetRoutes(h.opts.TUN, routes); err != nil && s.State == state.Connected {
+		errs = append(errs, fmt.Errorf("routes: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// carriesIPv6 reports whether the tunnel has an IPv6 address and routes
+// some IPv6 through a peer.
+func carriesIPv6(cfg *config.Config) bool {
+	has := slices.ContainsFunc(cfg.Interface.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
+	for _, p := range cfg.Peers {
+		if has && slices.ContainsFunc(p.AllowedIPs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+			return true
+		}
+	}
+	return false
+}
+
+// Close stops the tunnel and removes everything host mode made: the
+// firewall table, the rules, routes and TUN. Call it after the machine
+// has shut down (Disconnected).
+func (h *Host) Close() error {
+	h.Tunnel.Close()
+	var errs []error
+	if err := h.rt.Cleanup(h.opts.TUN); err != nil {
+		errs = append(errs, err)
+	}
+	h.rt.Close()
+	if err := h.fw.Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Down removes what a host-mode warren left in this network namespace (it
+// was killed, say): the firewall table, its routing rules and routes, and
+// the TUN. It returns what it found.
+func Down(opts Options) ([]string, error) {
+	if opts.TUN == "" {
+		opts.TUN = DefaultTUN
+	}
+	rt, err := NewRouting(RoutingOptions{NetNS: netns.None(), Table: opts.Table, Mark: opts.Mark, Priority: opts.Priority})
+	if err != nil {
+		return nil, err
+	}
+	defer rt.Close()
+	found, err := rt.Leftovers(opts.TUN)
+	if err != nil {
+		return nil, err
+	}
+	fw, err := NewFirewall(-1)
+	if err != nil {
+		return found, err
+	}
+	if ok, err := fw.Present(); err == nil && ok {
+		found = append(found, "nftables table inet "+TableName)
+	}
+	var errs []error
+	if err := rt.Cleanup(opts.TUN); err != nil {
+		errs = append(errs, err)
+	}
+	if err := fw.Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return found, errors.Join(errs...)
+}
