@@ -17,6 +17,7 @@ import (
 	"github.com/warren-vpn/warren/config"
 	"github.com/warren-vpn/warren/control"
 	"github.com/warren-vpn/warren/dnsserver"
+	"github.com/warren-vpn/warren/hostmode"
 	"github.com/warren-vpn/warren/netstack"
 	"github.com/warren-vpn/warren/proxy"
 	"github.com/warren-vpn/warren/state"
@@ -41,6 +42,12 @@ type appOptions struct {
 	// TCP one must send.
 	api      []apiSpec
 	apiToken string
+	// host, if set, is host mode: the tunnel runs on its kernel TUN, its
+	// firewall and routes follow the state, and the front-ends dial on the
+	// host (which its routes and firewall send only through the tunnel).
+	host *hostmode.Host
+	// lockdown blocks in Disconnected too (host mode's firewall).
+	lockdown bool
 }
 
 // listenSpec is one proxy listener.
@@ -66,11 +73,12 @@ type exposeSpec struct {
 // through the gate and resolves names through the tunnel's DNS, with one
 // shared resolver and cache.
 type app struct {
-	machine  *state.Machine
-	tunnel   *netstack.Tunnel
-	gate     *proxy.Gate
-	resolver *dnsserver.Resolver
-	services []*service
+	machine     *state.Machine
+	tunnel      *netstack.Tunnel
+	closeTunnel func() error // the tunnel's, or host mode's Close
+	gate        *proxy.Gate
+	resolver    *dnsserver.Resolver
+	services    []*service
 	// The addresses of the first SOCKS5 and HTTP proxies and of the DNS
 	// server, or nil: for messages and tests.
 	socks5Addr, httpAddr, dnsAddr net.Addr
@@ -154,14 +162,22 @@ func startApp(o appOptions) (a *app, err error) {
 			ls.closeAll()
 		}
 	}()
-	tunnel := netstack.NewTunnel(netstack.TunnelOptions{Logger: o.log, ProbeTargets: o.probes})
+	var tunnel *netstack.Tunnel
+	var dialer proxy.Dialer
+	var closeTunnel func() error
+	if o.host != nil {
+		tunnel, dialer, closeTunnel = o.host.Tunnel, hostmode.Dialer{}, o.host.Close
+	} else {
+		tunnel = netstack.NewTunnel(netstack.TunnelOptions{Logger: o.log, ProbeTargets: o.probes})
+		dialer, closeTunnel = tunnel, tunnel.Close
+	}
 	defer func() {
 		if err != nil {
-			tunnel.Close()
+			closeTunnel()
 		}
 	}()
-	a = &app{log: o.log, tunnel: tunnel, load: o.load, frontends: o.configs[0].Frontends}
-	a.gate = proxy.NewGate(a.tunnel)
+	a = &app{log: o.log, tunnel: tunnel, closeTunnel: closeTunnel, load: o.load, frontends: o.configs[0].Frontends}
+	a.gate = proxy.NewGate(dialer)
 	a.gate.Hold = o.hold
 	a.metrics = control.NewMetrics()
 	a.gate.Observe = a.metrics.Flow
@@ -233,11 +249,19 @@ func startApp(o appOptions) (a *app, err error) {
 		}
 	}
 
+	var st state.Tunnel = a.tunnel
+	var policy state.Policy = a.gate
+	if o.host != nil {
+		// The firewall first: it blocks before the gate cuts, and allows
+		// before the gate opens.
+		st, policy = o.host, policies{o.host, a.gate}
+	}
 	a.machine, err = state.New(state.Options{
-		Tunnel:  a.tunnel,
-		Policy:  a.gate,
-		Configs: o.configs,
-		Logger:  o.log.With("component", "tunnel"),
+		Tunnel:   st,
+		Policy:   policy,
+		Configs:  o.configs,
+		Lockdown: o.lockdown,
+		Logger:   o.log.With("component", "tunnel"),
 	})
 	if err != nil {
 		return nil, err
@@ -440,6 +464,22 @@ func (a *app) shutdown(ctx context.Context) error {
 	if err := a.machine.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("disconnect: %w", err))
 	}
-	a.tunnel.Close()
+	if err := a.closeTunnel(); err != nil {
+		errs = append(errs, fmt.Errorf("close the tunnel: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// policies applies several policies in order, all of them even if one
+// fails.
+type policies []state.Policy
+
+func (ps policies) Apply(s state.Snapshot) error {
+	var errs []error
+	for _, p := range ps {
+		if err := p.Apply(s); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }

@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 		realPeerHelper(arg) // this process is a helper of the real-peer suite
 		return
 	}
+	if what := os.Getenv(probeEnv); what != "" {
+		probeMain(what) // this process is a probe of the host-mode suite
+		return
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -47,6 +47,7 @@ Usage:
   warren reconnect            ... to tear the tunnel down and connect again
   warren reload               ... to read its config again (SIGHUP does too)
   warren healthcheck          exit 0 iff the running warren is ready (for HEALTHCHECK)
+  warren down                 remove what a killed host-mode warren left (firewall, routes, TUN)
   warren version              print version information
 
 The commands that talk to a running warren take --api unix:PATH|tcp:ADDR
@@ -92,6 +93,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = cmdReload(ctx, args, getenv, stdout, stderr)
 	case "healthcheck":
 		err = cmdHealthcheck(ctx, args, getenv, stdout, stderr)
+	case "down":
+		err = cmdDown(args, getenv, stdout, stderr)
 	case "version":
 		printVersion(stdout)
 	case "help", "-h", "--help":
@@ -125,11 +128,13 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 		noConnect bool
 		pf        proxyFlags
 		af        apiServeFlags
+		hf        hostFlags
 		lf        logFlags
 	)
 	paths.register(fs)
 	fs.BoolVar(&noConnect, "no-connect", false, "start Disconnected: serve the proxy (refusing every flow) but do not connect")
 	pf.register(fs)
+	hf.register(fs)
 	af.register(fs)
 	lf.register(fs)
 	if err := parseFlags(fs, args, getenv, aliasC); err != nil {
@@ -152,6 +157,9 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 	if err := af.apply(&o, getenv); err != nil {
+		return err
+	}
+	if err := hf.apply(&o, given(fs), log); err != nil {
 		return err
 	}
 	for _, c := range configs[1:] {

@@ -49,6 +49,8 @@ var (
 	rpServer6 = netip.MustParseAddr("fd78::1")
 	rpClient4 = netip.MustParseAddr("10.78.0.2")
 	rpClient6 = netip.MustParseAddr("fd78::2")
+	// rpInternet stands for the internet: outside the tunnel.
+	rpInternet = netip.MustParseAddr("198.51.100.1")
 )
 
 const (
@@ -77,6 +79,10 @@ type realPeer struct {
 	wg     *exec.Cmd // wireguard-go
 	helper *exec.Cmd
 	leaks  atomic.Int64 // queries seen by the DNS listener outside the tunnel
+	// internet are the sources of the requests "the internet" (a web
+	// server on rpInternet in the server namespace, outside the tunnel)
+	// received: the client's tunnel address, or its underlay one.
+	internet []netip.Addr
 }
 
 var rpSeq atomic.Int32
@@ -173,6 +179,12 @@ func newRealPeer(t *testing.T) *realPeer {
 		t.Fatal(err)
 	}
 
+	// "The internet": an address of the server namespace outside the
+	// tunnel, reached by the client's default route (directly) or through
+	// the tunnel.
+	rp.in(rp.srvNS, "ip", "addr", "add", rpInternet.String()+"/32", "dev", "lo")
+	rp.in(rp.cliNS, "ip", "route", "add", "default", "via", rp.underSrv.String())
+
 	rp.startPeer()
 	rp.startHelper()
 	return rp
@@ -258,6 +270,11 @@ func (rp *realPeer) startHelper() {
 			case strings.HasPrefix(line, "leak "):
 				rp.leaks.Add(1)
 				rp.t.Logf("DNS query outside the tunnel: %s", line)
+			case strings.HasPrefix(line, "internet "):
+				from, _ := netip.ParseAddrPort(strings.TrimPrefix(line, "internet "))
+				rp.mu.Lock()
+				rp.internet = append(rp.internet, from.Addr())
+				rp.mu.Unlock()
 			}
 		}
 	}()
@@ -751,12 +768,21 @@ func realPeerHelper(arg string) {
 	}
 	underlay := arg
 	var serve []func() error
-	for _, a := range []string{"10.78.0.1:80", "[fd78::1]:80"} {
+	for _, a := range []string{"10.78.0.1:80", "[fd78::1]:80", rpInternet.String() + ":80"} {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
 			fail(err)
 		}
-		srv := &http.Server{Handler: demo.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		h := demo.Handler()
+		if strings.HasPrefix(a, rpInternet.String()) {
+			// "The internet": say who came, through the tunnel or not.
+			inner := h
+			h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Printf("internet %s\n", r.RemoteAddr)
+				inner.ServeHTTP(w, r)
+			})
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		serve = append(serve, func() error { return srv.Serve(l) })
 	}
 	inside := demo.DNSHandler(rpName, rpServer4, rpServer6)

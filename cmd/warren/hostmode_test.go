@@ -1,0 +1,515 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Host mode against the real peer: warren runs in the client namespace
+// with --mode host; processes there that know nothing of warren (this test
+// binary, run as a probe) try to reach the tunnel and "the internet".
+
+// probeEnv makes this test binary a probe: one attempt, one line of output.
+const probeEnv = "WARREN_HOSTMODE_PROBE"
+
+// probe is what a probe did: ok, and what it got or why it failed, and how
+// long it took.
+type probe struct {
+	ok   bool
+	text string
+	took time.Duration
+}
+
+// runProbe runs what, e.g. "http:http://198.51.100.1/", "tcp:10.201.1.1:80"
+// or "dns:10.78.0.1:53:web.warren-test", in the client namespace.
+func (rp *realPeer) probe(what string) probe {
+	rp.t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", rp.cliNS, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), probeEnv+"="+what)
+	out, err := cmd.Output()
+	if err != nil {
+		rp.t.Fatalf("probe %s: %v\n%s", what, err, out)
+	}
+	line := strings.TrimSpace(string(out))
+	var p probe
+	var ms int64
+	var status string
+	fmt.Sscanf(line, "%s %d", &status, &ms)
+	p.ok, p.took = status == "ok", time.Duration(ms)*time.Millisecond
+	if _, rest, found := strings.Cut(line, " "); found {
+		if _, text, found := strings.Cut(rest, " "); found {
+			p.text = text
+		}
+	}
+	return p
+}
+
+// probeMain is the probe: it makes one attempt with a 5 s bound and prints
+// "ok MS TEXT" or "fail MS ERROR".
+func probeMain(what string) {
+	kind, arg, _ := strings.Cut(what, ":")
+	begin := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var text string
+	var err error
+	switch kind {
+	case "http":
+		var req *http.Request
+		req, err = http.NewRequestWithContext(ctx, http.MethodGet, arg, nil)
+		if err == nil {
+			var resp *http.Response
+			tr := &http.Transport{Proxy: nil, DisableKeepAlives: true}
+			resp, err = (&http.Client{Transport: tr}).Do(req)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				text = strings.ReplaceAll(string(b), "\n", " ")
+			}
+		}
+	case "tcp":
+		var c net.Conn
+		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", arg)
+		if err == nil {
+			c.Close()
+		}
+	case "udp":
+		// A datagram, then a read: a refused or blocked send fails.
+		var c net.Conn
+		c, err = (&net.Dialer{}).DialContext(ctx, "udp", arg)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(time.Second))
+			_, err = c.Write([]byte("hello"))
+			c.Close()
+		}
+	case "markeddns":
+		// A UDP socket with warren's mark, as a process trying to pass
+		// for warren would make: setting it needs CAP_NET_ADMIN.
+		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, 0x5752)
+			})
+			return serr
+		}}
+		var c net.Conn
+		c, err = d.DialContext(ctx, "udp", arg)
+		if err == nil {
+			_, err = c.Write([]byte("hello"))
+			c.Close()
+		}
+	case "dns":
+		server, name, _ := strings.Cut(arg, "/")
+		q := new(dns.Msg)
+		q.SetQuestion(dns.Fqdn(name), dns.TypeA)
+		var m *dns.Msg
+		m, _, err = (&dns.Client{Timeout: 5 * time.Second}).ExchangeContext(ctx, q, server)
+		if err == nil {
+			text = dns.RcodeToString[m.Rcode]
+			for _, rr := range m.Answer {
+				text += " " + rr.String()
+			}
+		}
+	case "loop":
+		// Keep trying to reach arg (TCP: through the tunnel while it is
+		// up) and the DNS server outside (after a comma: never), until
+		// stdin closes; then say how many of each got through.
+		tcpTo, dnsTo, _ := strings.Cut(arg, ",")
+		stop := make(chan struct{})
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			close(stop)
+		}()
+		var tries, tcpOK, dnsOK int
+		q := new(dns.Msg)
+		q.SetQuestion("loop.warren-test.", dns.TypeA)
+		for {
+			select {
+			case <-stop:
+				fmt.Printf("ok %d %d %d %d\n", time.Since(begin).Milliseconds(), tries, tcpOK, dnsOK)
+				return
+			default:
+			}
+			tries++
+			if c, err := net.DialTimeout("tcp", tcpTo, time.Second); err == nil {
+				tcpOK++
+				c.Close()
+			}
+			if _, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(q, dnsTo); err == nil {
+				dnsOK++
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	default:
+		err = fmt.Errorf("unknown probe %q", kind)
+	}
+	ms := time.Since(begin).Milliseconds()
+	if err != nil {
+		fmt.Printf("fail %d %v\n", ms, err)
+		return
+	}
+	fmt.Printf("ok %d %s\n", ms, text)
+}
+
+// hostConfig is the client's config for host mode: everything through the
+// tunnel, IPv4 only (the client namespace has no IPv6), the tunnel's DNS.
+func (rp *realPeer) hostConfig() string {
+	return fmt.Sprintf(`[Interface]
+PrivateKey = %s
+Address = %s/32
+DNS = %s
+
+[Peer]
+PublicKey = %s
+Endpoint = %s:%d
+AllowedIPs = 0.0.0.0/0
+`, base64Key(rp.clientKey), rpClient4, rpServer4, base64Key(rp.serverKey.PublicKey()), rp.underSrv, rpPort)
+}
+
+// startHostWarren starts warren --mode host in the client namespace, with
+// its API on a socket in the test's directory.
+func (rp *realPeer) startHostWarren(extra ...string) (*process, string) {
+	rp.t.Helper()
+	conf := filepath.Join(rp.dir, "host.conf")
+	if err := os.WriteFile(conf, []byte(rp.hostConfig()), 0o600); err != nil {
+		rp.t.Fatal(err)
+	}
+	// Programs in the namespace resolve with the tunnel's DNS server.
+	os.WriteFile(filepath.Join("/etc/netns", rp.cliNS, "resolv.conf"), fmt.Appendf(nil, "nameserver %s\n", rpServer4), 0o644)
+	sock := filepath.Join(rp.dir, "api.sock")
+	args := append([]string{"up", "-c", conf, "--mode", "host", "--tun", "wt" + rp.id, "--dns", "off", "--api", "unix:" + sock}, extra...)
+	p := startWarrenIn(rp.t, rp.cliNS, args...)
+	return p, sock
+}
+
+// internetSources returns the sources "the internet" saw, and forgets them.
+func (rp *realPeer) internetSources() []netip.Addr {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	s := rp.internet
+	rp.internet = nil
+	return s
+}
+
+// wantBlocked checks that direct attempts from the client namespace fail
+// at once, and that the outside sees nothing.
+func (rp *realPeer) wantBlocked(when string) {
+	rp.t.Helper()
+	for _, what := range []string{
+		"http:http://" + rpInternet.String() + "/",
+		"tcp:" + rp.underSrv.String() + ":53", // the DNS listener outside takes TCP too
+		"dns:" + rp.underSrv.String() + ":53/leak.warren-test",
+		"dns:" + rpServer4.String() + ":53/" + rpName,
+	} {
+		p := rp.probe(what)
+		rp.t.Logf("%s: %s: ok=%v in %v: %s", when, what, p.ok, p.took, p.text)
+		if p.ok {
+			rp.t.Errorf("%s: %s went through: %s", when, what, p.text)
+		} else if p.took > time.Second {
+			rp.t.Errorf("%s: %s failed only after %v (%s), want at once", when, what, p.took, p.text)
+		}
+	}
+	if s := rp.internetSources(); len(s) > 0 {
+		rp.t.Errorf("%s: the internet saw requests from %v", when, s)
+	}
+	if n := rp.leaks.Load(); n != 0 {
+		rp.t.Errorf("%s: %d DNS queries reached the resolver outside the tunnel", when, n)
+	}
+}
+
+// setPathCounters counts, in the client namespace, what leaves by the
+// underlay other than WireGuard to the peer ("direct"), and what leaves by
+// the TUN ("tunnel").
+func (rp *realPeer) setPathCounters() {
+	rp.t.Helper()
+	rules := fmt.Sprintf(`table inet warrenpaths {
+	counter direct {}
+	counter tunnel {}
+	chain post {
+		type filter hook postrouting priority 100; policy accept;
+		oifname "wu%[1]s" ip daddr %[2]s udp dport %[3]d accept
+		oifname "wu%[1]s" counter name direct
+		oifname "wt%[1]s" counter name tunnel
+	}
+}
+`, rp.id, rp.underSrv, rpPort)
+	path := filepath.Join(rp.dir, "paths.nft")
+	os.WriteFile(path, []byte(rules), 0o600)
+	rp.in(rp.cliNS, "nft", "-f", path)
+}
+
+// pathCounter reads one of setPathCounters' counters, and zeroes it.
+func (rp *realPeer) pathCounter(name string) int {
+	rp.t.Helper()
+	out := rp.in(rp.cliNS, "nft", "reset", "counter", "inet", "warrenpaths", name)
+	m := counterRE.FindStringSubmatch(out)
+	if m == nil {
+		rp.t.Fatalf("cannot read counter %s:\n%s", name, out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// snapshotNS is the namespace's firewall, rules, routes and links, to
+// compare before and after.
+func (rp *realPeer) snapshotNS() string {
+	rp.t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"nft", "-s", "list", "ruleset"}, // -s: without the counters' values
+		{"ip", "rule", "show"},
+		{"ip", "route", "show", "table", "all"},
+		{"ip", "-o", "link", "show"},
+	} {
+		b.WriteString(rp.in(rp.cliNS, args...))
+	}
+	return b.String()
+}
+
+func TestHostMode(t *testing.T) {
+	rp := newRealPeer(t)
+	rp.setPathCounters()
+	before := rp.snapshotNS()
+
+	// Without warren, "the internet" is reached directly.
+	if p := rp.probe("http:http://" + rpInternet.String() + "/"); !p.ok {
+		t.Fatalf("without warren, the internet is unreachable: %s", p.text)
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0] != rp.underCl {
+		t.Fatalf("without warren, the internet saw %v, want %v", s, rp.underCl)
+	}
+	if n := rp.pathCounter("direct"); n == 0 {
+		t.Fatal("the direct-path counter saw nothing of a direct request: it counts the wrong thing")
+	}
+
+	p, sock := rp.startHostWarren()
+	connected := p.waitLog(t, 20*time.Second, toState("connected"))
+	t.Logf("host mode connected: %v", connected["endpoint"])
+
+	// Connected: by name to the tunnel's web server, and "the internet"
+	// only through the tunnel.
+	if pr := rp.probe("http:http://" + rpName + "/"); !pr.ok || !strings.Contains(pr.text, rpClient4.String()) {
+		t.Errorf("by name through the tunnel: %+v", pr)
+	}
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("the internet through the tunnel: %+v", pr)
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0] != rpClient4 {
+		t.Errorf("the internet saw %v, want only the tunnel address %v", s, rpClient4)
+	}
+	direct, tunnel := rp.pathCounter("direct"), rp.pathCounter("tunnel")
+	t.Logf("connected: %d packets by the tunnel, %d directly", tunnel, direct)
+	if direct != 0 || tunnel == 0 {
+		t.Errorf("connected: %d packets left directly, %d by the tunnel; want 0 and some", direct, tunnel)
+	}
+	for _, what := range []string{"dns:" + rp.underSrv.String() + ":53/leak.warren-test", "tcp:" + rp.underSrv.String() + ":53"} {
+		if pr := rp.probe(what); pr.ok || pr.took > time.Second {
+			t.Errorf("connected: %s: %+v, want refused at once", what, pr)
+		}
+	}
+	if n := rp.leaks.Load(); n != 0 {
+		t.Errorf("%d DNS queries outside the tunnel", n)
+	}
+
+	// Connecting (the peer blackholed): everything blocked.
+	rp.blackhole(true)
+	down := p.waitLog(t, 30*time.Second, toState("connecting"))
+	t.Logf("connecting after the blackhole: %v", down["detail"])
+	rp.wantBlocked("connecting")
+	if n := rp.pathCounter("direct"); n != 0 {
+		t.Errorf("connecting: %d packets left directly", n)
+	}
+	rp.blackhole(false)
+	p.waitLog(t, 20*time.Second, toState("connected"))
+
+	// Disconnected through the API: no table, the namespace as it was.
+	var out, errOut strings.Builder
+	if code := run(context.Background(), []string{"disconnect", "--api", "unix:" + sock}, func(string) string { return "" }, &out, &errOut); code != 0 {
+		t.Fatalf("warren disconnect: %s%s", out.String(), errOut.String())
+	}
+	p.waitLog(t, 10*time.Second, toState("disconnected"))
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("disconnected (no lockdown): the internet: %+v", pr)
+	}
+	rp.internetSources()
+	run(context.Background(), []string{"connect", "--api", "unix:" + sock}, func(string) string { return "" }, &out, &errOut)
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	rp.pathCounter("direct") // what the disconnected probe sent
+
+	// Crash: the namespace stays closed; warren down restores it exactly.
+	p.cmd.Process.Signal(syscall.SIGKILL) // the process this test started
+	<-p.done
+	rp.wantBlocked("after kill -9")
+	if n := rp.pathCounter("direct"); n != 0 {
+		t.Errorf("after kill -9: %d packets left directly", n)
+	}
+	downOut := rp.in(rp.cliNS, warrenBinary(t), "down", "--tun", "wt"+rp.id)
+	t.Logf("warren down: %s", strings.TrimSpace(downOut))
+	if after := rp.snapshotNS(); after != before {
+		t.Errorf("after warren down, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("after warren down: the internet: %+v", pr)
+	}
+}
+
+// A clean stop removes everything too.
+func TestHostModeStopCleansUp(t *testing.T) {
+	rp := newRealPeer(t)
+	before := rp.snapshotNS()
+	p, _ := rp.startHostWarren("--lockdown")
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	if after := rp.snapshotNS(); after != before {
+		t.Errorf("after a clean stop, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// Transitions: 50 cycles of connect, reconnect and disconnect (with
+// --lockdown, so that Disconnected blocks too) while a process keeps trying
+// to reach the internet and a DNS server outside: nothing gets through in
+// any gap, and nothing leaves but by the tunnel.
+func TestHostModeTransitions(t *testing.T) {
+	rp := newRealPeer(t)
+	rp.setPathCounters()
+	p, sock := rp.startHostWarren("--lockdown", "--no-connect")
+	p.waitLog(t, 10*time.Second, msg("control API listening"))
+	drained := make(chan struct{})
+	defer close(drained)
+	go func() {
+		for {
+			select {
+			case <-p.lines:
+			case <-drained:
+				return
+			}
+		}
+	}()
+
+	loop := exec.Command("ip", "netns", "exec", rp.cliNS, os.Args[0], "-test.run=^$")
+	loop.Env = append(os.Environ(), probeEnv+"=loop:"+rpInternet.String()+":80,"+rp.underSrv.String()+":53")
+	stdin, _ := loop.StdinPipe()
+	var loopOut strings.Builder
+	loop.Stdout = &loopOut
+	if err := loop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer loop.Process.Kill() // the process this test started
+
+	api := unixHTTP(sock)
+	wait := func(st string) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			if apiStatus(t, api).State == st {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not %s after 30s: %+v", st, apiStatus(t, api))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	const cycles = 50
+	begin := time.Now()
+	for i := range cycles {
+		for _, step := range []struct{ path, want string }{
+			{"/v1/connect", "connected"},
+			{"/v1/reconnect", "connected"},
+			{"/v1/disconnect", "disconnected"},
+		} {
+			if code, body := apiDo(t, api, http.MethodPost, step.path); code != 200 {
+				t.Fatalf("cycle %d: %s: %d %s", i, step.path, code, body)
+			}
+			wait(step.want)
+		}
+	}
+	t.Logf("%d cycles in %v", cycles, time.Since(begin))
+	stdin.Close()
+	loop.Wait()
+	var ms, tries, tcpOK, dnsOK int
+	fmt.Sscanf(loopOut.String(), "ok %d %d %d %d", &ms, &tries, &tcpOK, &dnsOK)
+	t.Logf("the client tried %d times: %d TCP connections to the internet went through the tunnel, %d DNS queries outside were answered", tries, tcpOK, dnsOK)
+	if tries == 0 || dnsOK != 0 {
+		t.Errorf("the client: %q; want many tries, and no DNS answer from outside", loopOut.String())
+	}
+	if s := rp.internetSources(); len(s) > 0 {
+		t.Errorf("the internet saw %d requests: %v", len(s), s)
+	}
+	if n := rp.leaks.Load(); n != 0 {
+		t.Errorf("%d DNS queries outside the tunnel", n)
+	}
+	if n := rp.pathCounter("direct"); n != 0 {
+		t.Errorf("%d packets left directly", n)
+	}
+}
+
+// The sidecar: an unprivileged process sharing warren's network namespace
+// reaches the tunnel and nothing else, and cannot use warren's mark to get
+// past the firewall.
+func TestHostModeSidecar(t *testing.T) {
+	rp := newRealPeer(t)
+	p, _ := rp.startHostWarren()
+	p.waitLog(t, 20*time.Second, toState("connected"))
+
+	// A copy of this test binary that the unprivileged user may run.
+	dir, err := os.MkdirTemp("", "warren-app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	app := filepath.Join(dir, "app")
+	if out, err := exec.Command("cp", os.Args[0], app).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	os.Chmod(app, 0o755)
+	run := func(what string) probe {
+		t.Helper()
+		cmd := exec.Command("ip", "netns", "exec", rp.cliNS, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", app, "-test.run=^$")
+		cmd.Env = append(os.Environ(), probeEnv+"="+what)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("app %s: %v %s", what, err, out)
+		}
+		var pr probe
+		var status string
+		var ms int64
+		line := strings.TrimSpace(string(out))
+		fmt.Sscanf(line, "%s %d", &status, &ms)
+		pr.ok, pr.took, pr.text = status == "ok", time.Duration(ms)*time.Millisecond, line
+		return pr
+	}
+	if pr := run("http:http://" + rpName + "/"); !pr.ok || !strings.Contains(pr.text, rpClient4.String()) {
+		t.Errorf("the app, by name through the tunnel: %+v", pr)
+	}
+	if pr := run("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("the app, the internet through the tunnel: %+v", pr)
+	}
+	for _, what := range []string{"tcp:" + rp.underSrv.String() + ":53", "dns:" + rp.underSrv.String() + ":53/leak.warren-test", "markeddns:" + rp.underSrv.String() + ":53"} {
+		if pr := run(what); pr.ok || pr.took > time.Second {
+			t.Errorf("the app: %s: %+v, want refused at once", what, pr)
+		}
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0] != rpClient4 {
+		t.Errorf("the internet saw %v, want only the tunnel address", s)
+	}
+	if n := rp.leaks.Load(); n != 0 {
+		t.Errorf("%d DNS queries outside the tunnel", n)
+	}
+}
