@@ -52,7 +52,14 @@ type Options struct {
 	AllowLAN bool
 	// ProbeTargets are passed to the tunnel (see netstack.TunnelOptions).
 	ProbeTargets []netip.Addr
-	Logger       *slog.Logger
+	// ResolvConf, if set, is a resolv.conf file to point at DNSServer
+	// (warren's own DNS server, on port 53) in every state but
+	// Disconnected, which restores the original. Failing to change it is
+	// logged, not a failure of the policy: the firewall blocks DNS outside
+	// the tunnel either way.
+	ResolvConf string
+	DNSServer  netip.Addr
+	Logger     *slog.Logger
 }
 
 // Host is host mode: a state.Tunnel and a state.Policy over one kernel TUN.
@@ -62,6 +69,7 @@ type Host struct {
 	log  *slog.Logger
 	fw   *Firewall
 	rt   *Routing
+	rc   *resolvConf // or nil
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -78,10 +86,9 @@ var (
 )
 
 // New prepares host mode in the calling process's network namespace: it
-// removes what a warren that died may have left (its routes, rules and
-// TUN; its firewall table is replaced by the first Apply), and installs
-// the routing rules, which send nothing anywhere until the tunnel's routes
-// are added.
+// removes what a warren that died may have left (its routes, rules, TUN
+// and resolv.conf; its firewall table is replaced by the first Apply).
+// The routing rules come with the first state that wants the tunnel.
 func New(opts Options) (*Host, error) {
 	if opts.TUN == "" {
 		opts.TUN = DefaultTUN
@@ -107,10 +114,12 @@ func New(opts Options) (*Host, error) {
 		rt.Close()
 		return nil, fmt.Errorf("hostmode: remove what an earlier warren left: %w", err)
 	}
-	if err := rt.SetRules(true, true); err != nil {
-		rt.Cleanup(opts.TUN)
-		rt.Close()
-		return nil, fmt.Errorf("hostmode: routing rules: %w", err)
+	if opts.ResolvConf != "" {
+		h.rc = &resolvConf{path: opts.ResolvConf, server: opts.DNSServer}
+		if _, err := h.rc.restore(); err != nil { // what a warren that died left
+			rt.Close()
+			return nil, fmt.Errorf("hostmode: %w", err)
+		}
 	}
 	h.Tunnel = netstack.NewTunnel(netstack.TunnelOptions{
 		Logger:       opts.Logger,
@@ -198,6 +207,23 @@ func (h *Host) Apply(s state.Snapshot) error {
 	if err := h.rt.SetRoutes(h.opts.TUN, routes); err != nil && s.State == state.Connected {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
+	// The rules only while the tunnel is wanted: Disconnected leaves the
+	// namespace as warren found it (the firewall, with lockdown, aside).
+	wanted := s.State != state.Disconnected
+	if err := h.rt.SetRules(wanted, wanted); err != nil && wanted {
+		errs = append(errs, fmt.Errorf("routing rules: %w", err))
+	}
+	if h.rc != nil {
+		var err error
+		if s.State == state.Disconnected {
+			_, err = h.rc.restore()
+		} else {
+			err = h.rc.point()
+		}
+		if err != nil {
+			h.log.Error("cannot manage resolv.conf; DNS outside the tunnel stays blocked all the same", "err", err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -225,6 +251,11 @@ func (h *Host) Close() error {
 	h.rt.Close()
 	if err := h.fw.Remove(); err != nil {
 		errs = append(errs, err)
+	}
+	if h.rc != nil {
+		if _, err := h.rc.restore(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -258,6 +289,16 @@ func Down(opts Options) ([]string, error) {
 	}
 	if err := fw.Remove(); err != nil {
 		errs = append(errs, err)
+	}
+	if opts.ResolvConf != "" {
+		rc := &resolvConf{path: opts.ResolvConf}
+		ok, err := rc.restore()
+		if ok {
+			found = append(found, "warren's "+opts.ResolvConf+" (the original is back, from "+rc.backupPath()+")")
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return found, errors.Join(errs...)
 }
