@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strconv"
 
 	"github.com/warren-vpn/warren/hostmode"
@@ -13,11 +14,13 @@ import (
 
 // hostFlags are host mode's flags (warren up --mode host, and warren down).
 type hostFlags struct {
-	mode     string
-	tun      string
-	fwmark   string
-	allowLAN bool
-	lockdown bool
+	mode         string
+	tun          string
+	fwmark       string
+	allowLAN     bool
+	lockdown     bool
+	manageResolv bool
+	resolvConf   string
 }
 
 func (f *hostFlags) register(fs *flag.FlagSet) {
@@ -25,12 +28,14 @@ func (f *hostFlags) register(fs *flag.FlagSet) {
 	f.registerNames(fs)
 	fs.BoolVar(&f.allowLAN, "allow-lan", false, "host mode: let the private address ranges (the LAN) through in every state")
 	fs.BoolVar(&f.lockdown, "lockdown", false, "host mode: block in Disconnected too, not only while connecting or after a failure")
+	fs.BoolVar(&f.manageResolv, "manage-resolv-conf", false, "host mode: point --resolv-conf at warren's DNS server (--dns on port 53) unless disconnected, and restore the original when disconnected or stopped")
 }
 
 // registerNames registers what names host mode's things: for up and down.
 func (f *hostFlags) registerNames(fs *flag.FlagSet) {
 	fs.StringVar(&f.tun, "tun", hostmode.DefaultTUN, "host mode: the TUN interface's name")
 	fs.StringVar(&f.fwmark, "fwmark", fmt.Sprintf("%#x", hostmode.DefaultMark), "host mode: the fwmark of warren's own sockets (its routing rules and firewall use it)")
+	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "host mode: the resolv.conf that --manage-resolv-conf changes (and warren down restores)")
 }
 
 func (f *hostFlags) options(log *slog.Logger) (hostmode.Options, error) {
@@ -45,7 +50,7 @@ func (f *hostFlags) options(log *slog.Logger) (hostmode.Options, error) {
 func (f *hostFlags) apply(o *appOptions, set map[string]bool, log *slog.Logger) error {
 	switch f.mode {
 	case "proxy":
-		for _, name := range []string{"tun", "fwmark", "allow-lan", "lockdown"} {
+		for _, name := range []string{"tun", "fwmark", "allow-lan", "lockdown", "manage-resolv-conf", "resolv-conf"} {
 			if set[name] {
 				return fmt.Errorf("--%s is for --mode host", name)
 			}
@@ -60,6 +65,13 @@ func (f *hostFlags) apply(o *appOptions, set map[string]bool, log *slog.Logger) 
 		return err
 	}
 	opts.ProbeTargets = o.probes
+	if f.manageResolv {
+		ap, err := netip.ParseAddrPort(o.dns)
+		if !set["dns"] || err != nil || ap.Port() != 53 {
+			return fmt.Errorf("--manage-resolv-conf needs warren's DNS server on an IP address and port 53 (e.g. --dns 127.0.0.1:53): resolv.conf cannot name a port")
+		}
+		opts.ResolvConf, opts.DNSServer = f.resolvConf, ap.Addr()
+	}
 	// The whole namespace uses the tunnel: no front-end unless asked for.
 	if !set["socks5"] {
 		o.socks5 = nil
@@ -88,6 +100,7 @@ func cmdDown(args []string, getenv func(string) string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	opts.ResolvConf = f.resolvConf
 	found, err := hostmode.Down(opts)
 	for _, what := range found {
 		fmt.Fprintf(stdout, "removed %s\n", what)

@@ -513,3 +513,74 @@ func TestHostModeSidecar(t *testing.T) {
 		t.Errorf("%d DNS queries outside the tunnel", n)
 	}
 }
+
+// Disconnected with --lockdown and Error block like Connecting;
+// --manage-resolv-conf points the namespace's resolv.conf at warren's DNS
+// server while it is wanted, restores it on Disconnected, and after a
+// kill -9 warren down restores it.
+func TestHostModeLockdownErrorAndResolvConf(t *testing.T) {
+	rp := newRealPeer(t)
+	resolv := filepath.Join("/etc/netns", rp.cliNS, "resolv.conf")
+	orig, err := os.ReadFile(resolv) // names the DNS listener outside the tunnel
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(rp.dir, "host.conf")
+	os.WriteFile(conf, []byte(rp.hostConfig()), 0o600)
+	sock := filepath.Join(rp.dir, "api.sock")
+	p := startWarrenIn(t, rp.cliNS, "up", "-c", conf, "--mode", "host", "--tun", "wt"+rp.id, "--lockdown", "--no-connect",
+		"--dns", "127.0.0.1:53", "--manage-resolv-conf", "--resolv-conf", resolv, "--api", "unix:"+sock)
+	p.waitLog(t, 10*time.Second, msg("control API listening"))
+	rp.wantBlocked("disconnected with --lockdown")
+	if got, _ := os.ReadFile(resolv); string(got) != string(orig) {
+		t.Errorf("disconnected: resolv.conf changed: %q", got)
+	}
+
+	ctl := func(cmd string) {
+		t.Helper()
+		var out, errOut strings.Builder
+		if code := run(context.Background(), []string{cmd, "--api", "unix:" + sock}, func(string) string { return "" }, &out, &errOut); code != 0 {
+			t.Fatalf("warren %s: %s%s", cmd, out.String(), errOut.String())
+		}
+	}
+	ctl("connect")
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	if got, _ := os.ReadFile(resolv); !strings.Contains(string(got), "nameserver 127.0.0.1\n") {
+		t.Errorf("connected: resolv.conf %q, want warren's server", got)
+	}
+	// Names resolve as the namespace's programs resolve them: by
+	// resolv.conf, now warren's server, which asks through the tunnel.
+	if pr := rp.probe("http:http://" + rpName + "/"); !pr.ok || !strings.Contains(pr.text, rpClient4.String()) {
+		t.Errorf("by name with warren's resolv.conf: %+v", pr)
+	}
+	ctl("disconnect")
+	p.waitLog(t, 10*time.Second, toState("disconnected"))
+	if got, _ := os.ReadFile(resolv); string(got) != string(orig) {
+		t.Errorf("after disconnecting: resolv.conf %q, want the original %q", got, orig)
+	}
+	if _, err := os.Stat(resolv + ".warren-backup"); !os.IsNotExist(err) {
+		t.Errorf("the backup is left after disconnecting: %v", err)
+	}
+	rp.wantBlocked("disconnected again, with --lockdown")
+
+	ctl("connect")
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	p.cmd.Process.Signal(syscall.SIGKILL) // the process this test started
+	<-p.done
+	rp.wantBlocked("after kill -9")
+	out := rp.in(rp.cliNS, warrenBinary(t), "down", "--tun", "wt"+rp.id, "--resolv-conf", resolv)
+	t.Logf("warren down: %s", strings.TrimSpace(out))
+	if got, _ := os.ReadFile(resolv); string(got) != string(orig) {
+		t.Errorf("after warren down: resolv.conf %q, want the original %q", got, orig)
+	}
+
+	// Error: the config's ListenPort is taken, the device cannot be made.
+	holder := rp.holdUDPPort(9)
+	defer holder()
+	os.WriteFile(conf, []byte(strings.Replace(rp.hostConfig(), "DNS =", "ListenPort = 9\nDNS =", 1)), 0o600)
+	p2 := startWarrenIn(t, rp.cliNS, "up", "-c", conf, "--mode", "host", "--tun", "wt"+rp.id, "--dns", "off", "--api", "unix:"+filepath.Join(rp.dir, "api2.sock"))
+	e := p2.waitLog(t, 20*time.Second, toState("error"))
+	t.Logf("error: %v: %v", e["cause"], e["detail"])
+	rp.wantBlocked("error")
+	p2.stop(t, syscall.SIGTERM)
+}
