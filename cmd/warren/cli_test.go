@@ -125,6 +125,12 @@ func startWarrenIn(t *testing.T, netns string, args ...string) *process {
 		// ip netns exec execs the command: the pid is warren's.
 		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, warrenBinary(t)}, args...)...)
 	}
+	return startProcess(t, cmd)
+}
+
+// startProcess starts cmd, a warren, logging JSON.
+func startProcess(t *testing.T, cmd *exec.Cmd) *process {
+	t.Helper()
 	// Each warren its own API socket (unless args give --api), not the
 	// machine's default one.
 	api := "unix:" + filepath.Join(t.TempDir(), "warren.sock")

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 )
 
 // Host mode against the real peer: warren runs in the client namespace
@@ -95,6 +97,42 @@ func probeMain(what string) {
 			c.SetDeadline(time.Now().Add(time.Second))
 			_, err = c.Write([]byte("hello"))
 			c.Close()
+		}
+	case "ping":
+		// One ICMP echo (as root: a raw socket); anything but its reply
+		// within a second is a failure.
+		var c *icmp.PacketConn
+		c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		if err != nil {
+			break
+		}
+		defer c.Close()
+		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: os.Getpid() & 0xffff, Seq: 1, Data: []byte("warren probe")}}
+		b, _ := msg.Marshal(nil)
+		if _, err = c.WriteTo(b, &net.IPAddr{IP: net.ParseIP(arg)}); err != nil {
+			break
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 1500)
+		for {
+			var n int
+			var from net.Addr
+			n, from, err = c.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			m, perr := icmp.ParseMessage(1, buf[:n])
+			if perr != nil {
+				continue
+			}
+			if m.Type == ipv4.ICMPTypeEchoReply && from.String() == arg {
+				text = "echo reply from " + arg
+				break
+			}
+			if m.Type == ipv4.ICMPTypeDestinationUnreachable {
+				err = fmt.Errorf("destination unreachable (code %d) from %v", m.Code, from)
+				break
+			}
 		}
 	case "markeddns":
 		// A UDP socket with warren's mark, as a process trying to pass
@@ -214,6 +252,8 @@ func (rp *realPeer) wantBlocked(when string) {
 		"tcp:" + rp.underSrv.String() + ":53", // the DNS listener outside takes TCP too
 		"dns:" + rp.underSrv.String() + ":53/leak.warren-test",
 		"dns:" + rpServer4.String() + ":53/" + rpName,
+		"ping:" + rp.underSrv.String(),
+		"ping:" + rpInternet.String(),
 	} {
 		p := rp.probe(what)
 		rp.t.Logf("%s: %s: ok=%v in %v: %s", when, what, p.ok, p.took, p.text)
@@ -232,8 +272,8 @@ func (rp *realPeer) wantBlocked(when string) {
 }
 
 // setPathCounters counts, in the client namespace, what leaves by the
-// underlay other than WireGuard to the peer ("direct"), and what leaves by
-// the TUN ("tunnel").
+// underlay other than WireGuard to the peer and the neighbour discovery
+// any IPv6 host needs ("direct"), and what leaves by the TUN ("tunnel").
 func (rp *realPeer) setPathCounters() {
 	rp.t.Helper()
 	rules := fmt.Sprintf(`table inet warrenpaths {
@@ -242,6 +282,7 @@ func (rp *realPeer) setPathCounters() {
 	chain post {
 		type filter hook postrouting priority 100; policy accept;
 		oifname "wu%[1]s" ip daddr %[2]s udp dport %[3]d accept
+		oifname "wu%[1]s" icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 		oifname "wu%[1]s" counter name direct
 		oifname "wt%[1]s" counter name tunnel
 	}
@@ -295,6 +336,10 @@ func TestHostMode(t *testing.T) {
 	if n := rp.pathCounter("direct"); n == 0 {
 		t.Fatal("the direct-path counter saw nothing of a direct request: it counts the wrong thing")
 	}
+	if pr := rp.probe("ping:" + rp.underSrv.String()); !pr.ok {
+		t.Fatalf("without warren, ping fails: %+v: the ping probe cannot tell blocked from broken", pr)
+	}
+	rp.pathCounter("direct")
 
 	p, sock := rp.startHostWarren()
 	connected := p.waitLog(t, 20*time.Second, toState("connected"))
@@ -307,6 +352,9 @@ func TestHostMode(t *testing.T) {
 	}
 	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
 		t.Errorf("the internet through the tunnel: %+v", pr)
+	}
+	if pr := rp.probe("ping:" + rpInternet.String()); !pr.ok {
+		t.Errorf("ping to the internet through the tunnel: %+v", pr)
 	}
 	if s := rp.internetSources(); len(s) != 1 || s[0] != rpClient4 {
 		t.Errorf("the internet saw %v, want only the tunnel address %v", s, rpClient4)
@@ -583,4 +631,130 @@ func TestHostModeLockdownErrorAndResolvConf(t *testing.T) {
 	t.Logf("error: %v: %v", e["cause"], e["detail"])
 	rp.wantBlocked("error")
 	p2.stop(t, syscall.SIGTERM)
+}
+
+// Host mode needs CAP_NET_ADMIN in its namespace and nothing else: warren
+// run as nobody with only that capability connects, and the namespace's
+// traffic goes through the tunnel.
+func TestHostModeCapNetAdminOnly(t *testing.T) {
+	rp := newRealPeer(t)
+	dir, err := os.MkdirTemp("", "warren-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	bin, conf := filepath.Join(dir, "warren"), filepath.Join(dir, "host.conf")
+	if out, err := exec.Command("cp", warrenBinary(t), bin).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	os.WriteFile(conf, []byte(rp.hostConfig()), 0o600)
+	for _, f := range []string{dir, bin, conf} {
+		os.Chown(f, 65534, 65534)
+	}
+	os.Chmod(dir, 0o755)
+	os.Chmod(bin, 0o755)
+	os.WriteFile(filepath.Join("/etc/netns", rp.cliNS, "resolv.conf"), fmt.Appendf(nil, "nameserver %s\n", rpServer4), 0o644)
+	cmd := exec.Command("ip", "netns", "exec", rp.cliNS, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin",
+		bin, "up", "-c", conf, "--mode", "host", "--tun", "wt"+rp.id, "--dns", "off", "--api", "unix:"+filepath.Join(dir, "api.sock"))
+	p := startProcess(t, cmd)
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	// ip netns exec and setpriv exec: the pid is warren's.
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const netAdmin = "0000000000001000" // CAP_NET_ADMIN is bit 12
+	if !strings.Contains(string(status), "\nUid:\t65534\t") || !strings.Contains(string(status), "\nCapEff:\t"+netAdmin+"\n") {
+		t.Fatalf("warren does not run as nobody with CAP_NET_ADMIN alone:\n%s", status)
+	}
+	if pr := rp.probe("http:http://" + rpName + "/"); !pr.ok || !strings.Contains(pr.text, rpClient4.String()) {
+		t.Errorf("by name through the tunnel: %+v", pr)
+	}
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("the internet through the tunnel: %+v", pr)
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0] != rpClient4 {
+		t.Errorf("the internet saw %v, want only the tunnel address", s)
+	}
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	if out := rp.in(rp.cliNS, "nft", "list", "tables"); strings.Contains(out, "warren") {
+		t.Errorf("after a clean stop: %s", out)
+	}
+}
+
+// IPv6, in a client namespace that has it: through the tunnel when
+// connected (the tunnel carries IPv6), blocked at once while connecting and
+// after kill -9, never directly.
+func TestHostModeIPv6(t *testing.T) {
+	rp := newRealPeer(t)
+	n := strings.Split(rp.underSrv.String(), ".")[2]
+	srv6, cli6 := "fd79:"+n+"::1", "fd79:"+n+"::2"
+	rp.in(rp.cliNS, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.wu"+rp.id+".disable_ipv6=0")
+	rp.in(rp.cliNS, "ip", "addr", "add", cli6+"/64", "dev", "wu"+rp.id, "nodad")
+	rp.in(rp.srvNS, "ip", "addr", "add", srv6+"/64", "dev", "wv"+rp.id, "nodad")
+	rp.in(rp.cliNS, "ip", "-6", "route", "add", "default", "via", srv6)
+	rp.setPathCounters()
+	web6 := "http://[" + rpInternet6.String() + "]/"
+	if pr := rp.probe("http:" + web6); !pr.ok {
+		t.Fatalf("without warren, the IPv6 internet is unreachable: %+v", pr)
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0].String() != cli6 {
+		t.Fatalf("without warren, the internet saw %v, want %s", s, cli6)
+	}
+	rp.pathCounter("direct")
+
+	conf := strings.Replace(rp.hostConfig(), "/32\n", "/32\nAddress = "+rpClient6.String()+"/128\n", 1)
+	conf = strings.Replace(conf, "AllowedIPs = 0.0.0.0/0", "AllowedIPs = 0.0.0.0/0, ::/0", 1)
+	path := filepath.Join(rp.dir, "host6.conf")
+	os.WriteFile(path, []byte(conf), 0o600)
+	p := startWarrenIn(t, rp.cliNS, "up", "-c", path, "--mode", "host", "--tun", "wt"+rp.id, "--dns", "off",
+		"--api", "unix:"+filepath.Join(rp.dir, "api.sock"))
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	// What left before warren's table was in (it starts disconnected,
+	// with the host's own rules: the kernel's MLD reports, say) is not
+	// warren's to stop.
+	rp.pathCounter("direct")
+	if pr := rp.probe("http:" + web6); !pr.ok {
+		t.Errorf("connected: the IPv6 internet through the tunnel: %+v", pr)
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0] != rpClient6 {
+		t.Errorf("connected: the internet saw %v, want only the tunnel address %v", s, rpClient6)
+	}
+	if pr := rp.probe("http:http://[" + rpServer6.String() + "]/"); !pr.ok || !strings.Contains(pr.text, rpClient6.String()) {
+		t.Errorf("connected: the tunnel's web server over IPv6: %+v", pr)
+	}
+	if n := rp.pathCounter("direct"); n != 0 {
+		t.Errorf("connected: %d packets left directly", n)
+	}
+	blocked := func(when string) {
+		t.Helper()
+		for _, what := range []string{"http:" + web6, "tcp:[" + srv6 + "]:53", "dns:[" + srv6 + "]:53/leak.warren-test"} {
+			pr := rp.probe(what)
+			t.Logf("%s: %s: ok=%v in %v: %s", when, what, pr.ok, pr.took, pr.text)
+			if pr.ok || pr.took > time.Second {
+				t.Errorf("%s: %s: %+v, want refused at once", when, what, pr)
+			}
+		}
+		if s := rp.internetSources(); len(s) > 0 {
+			t.Errorf("%s: the internet saw %v", when, s)
+		}
+		if n := rp.pathCounter("direct"); n != 0 {
+			t.Errorf("%s: %d packets left directly", when, n)
+		}
+	}
+	rp.blackhole(true)
+	p.waitLog(t, 30*time.Second, toState("connecting"))
+	blocked("connecting")
+	rp.blackhole(false)
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	p.cmd.Process.Signal(syscall.SIGKILL) // the process this test started
+	<-p.done
+	blocked("after kill -9")
+	rp.in(rp.cliNS, warrenBinary(t), "down", "--tun", "wt"+rp.id)
+	if pr := rp.probe("http:" + web6); !pr.ok {
+		t.Errorf("after warren down: %+v", pr)
+	}
 }

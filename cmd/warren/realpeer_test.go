@@ -50,7 +50,8 @@ var (
 	rpClient4 = netip.MustParseAddr("10.78.0.2")
 	rpClient6 = netip.MustParseAddr("fd78::2")
 	// rpInternet stands for the internet: outside the tunnel.
-	rpInternet = netip.MustParseAddr("198.51.100.1")
+	rpInternet  = netip.MustParseAddr("198.51.100.1")
+	rpInternet6 = netip.MustParseAddr("2001:db8:100::1")
 )
 
 const (
@@ -183,6 +184,7 @@ func newRealPeer(t *testing.T) *realPeer {
 	// tunnel, reached by the client's default route (directly) or through
 	// the tunnel.
 	rp.in(rp.srvNS, "ip", "addr", "add", rpInternet.String()+"/32", "dev", "lo")
+	rp.in(rp.srvNS, "ip", "addr", "add", rpInternet6.String()+"/128", "dev", "lo")
 	rp.in(rp.cliNS, "ip", "route", "add", "default", "via", rp.underSrv.String())
 
 	rp.startPeer()
@@ -768,13 +770,13 @@ func realPeerHelper(arg string) {
 	}
 	underlay := arg
 	var serve []func() error
-	for _, a := range []string{"10.78.0.1:80", "[fd78::1]:80", rpInternet.String() + ":80"} {
+	for _, a := range []string{"10.78.0.1:80", "[fd78::1]:80", rpInternet.String() + ":80", "[" + rpInternet6.String() + "]:80"} {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
 			fail(err)
 		}
 		h := demo.Handler()
-		if strings.HasPrefix(a, rpInternet.String()) {
+		if strings.HasPrefix(a, rpInternet.String()) || strings.Contains(a, rpInternet6.String()) {
 			// "The internet": say who came, through the tunnel or not.
 			inner := h
 			h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
