@@ -758,3 +758,31 @@ func TestHostModeIPv6(t *testing.T) {
 		t.Errorf("after warren down: %+v", pr)
 	}
 }
+
+// A new warren replaces what a killed one left: it connects, and a clean
+// stop then leaves the namespace as it was before either.
+func TestHostModeRestartAfterCrash(t *testing.T) {
+	rp := newRealPeer(t)
+	before := rp.snapshotNS()
+	p, _ := rp.startHostWarren()
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	p.cmd.Process.Signal(syscall.SIGKILL) // the process this test started
+	<-p.done
+	if after := rp.snapshotNS(); !strings.Contains(after, "table inet warren") {
+		t.Fatalf("after kill -9 the table is gone:\n%s", after)
+	}
+	p2, _ := rp.startHostWarren()
+	p2.waitLog(t, 20*time.Second, toState("connected"))
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("the second warren: the internet: %+v", pr)
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0] != rpClient4 {
+		t.Errorf("the internet saw %v, want only the tunnel address", s)
+	}
+	if code := p2.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	if after := rp.snapshotNS(); after != before {
+		t.Errorf("after the second warren stopped, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
