@@ -153,11 +153,11 @@ func (h *Host) newTUN(cfg *config.Config) (netstack.HostTUN, error) {
 func (h *Host) onEndpoints(cfg *config.Config, endpoints []netip.AddrPort) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.cfg = cfg
-	h.endpoints = slices.DeleteFunc(slices.Clone(endpoints), func(a netip.AddrPort) bool { return !a.IsValid() })
 	if h.snap.State != state.Connecting {
 		return nil // a stale attempt: the policy of the state it is in holds
 	}
+	h.cfg = cfg
+	h.endpoints = slices.DeleteFunc(slices.Clone(endpoints), func(a netip.AddrPort) bool { return !a.IsValid() })
 	r := h.rules
 	r.Endpoints = h.endpoints
 	if err := h.fw.Apply(r); err != nil {
