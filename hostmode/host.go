@@ -59,7 +59,12 @@ type Options struct {
 	// the tunnel either way.
 	ResolvConf string
 	DNSServer  netip.Addr
-	Logger     *slog.Logger
+	// BootstrapDNS are the DNS servers, outside the tunnel, that resolve
+	// the endpoints' host names. None means the nameservers of the host's
+	// resolv.conf as it was before warren (ResolvConf's backup while
+	// warren manages it), but for DNSServer.
+	BootstrapDNS []netip.AddrPort
+	Logger       *slog.Logger
 }
 
 // Host is host mode: a state.Tunnel and a state.Policy over one kernel TUN.
@@ -123,7 +128,7 @@ func New(opts Options) (*Host, error) {
 	}
 	h.Tunnel = netstack.NewTunnel(netstack.TunnelOptions{
 		Logger:       opts.Logger,
-		Resolver:     markedResolver(opts.Mark),
+		Resolver:     &endpointResolver{mark: opts.Mark, bootstrap: opts.BootstrapDNS, resolvConf: opts.ResolvConf, own: opts.DNSServer},
 		ProbeTargets: opts.ProbeTargets,
 		Mark:         opts.Mark,
 		NewTUN:       h.newTUN,
