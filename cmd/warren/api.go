@@ -17,7 +17,7 @@ type apiServeFlags struct {
 }
 
 func (f *apiServeFlags) register(fs *flag.FlagSet) {
-	fs.Func("api", "where the control API listens: unix:PATH, or tcp:HOST:PORT (which needs --api-token-file); repeat for both, or off (default unix:"+
+	fs.Func("api", "where the control API listens: unix:PATH, or tcp:HOST:PORT (which needs --api-token-file or "+envAPIToken+"); repeat for both, or off (default unix:"+
 		control.DefaultSocketPath(os.Getenv, os.Getuid())+")", func(v string) error {
 		for _, a := range strings.Split(v, ",") {
 			if a = strings.TrimSpace(a); a != "" {
@@ -26,7 +26,7 @@ func (f *apiServeFlags) register(fs *flag.FlagSet) {
 		}
 		return nil
 	})
-	fs.StringVar(&f.tokenFile, "api-token-file", "", "file holding the bearer token that clients of a tcp: API must send")
+	fs.StringVar(&f.tokenFile, "api-token-file", "", "file holding the bearer token that clients of a tcp: API must send (or the token itself in "+envAPIToken+")")
 }
 
 // apiSpec is one listener of the API.
@@ -60,21 +60,13 @@ func (f *apiServeFlags) apply(o *appOptions, getenv func(string) string) error {
 		needToken = needToken || network == "tcp"
 		o.api = append(o.api, apiSpec{network: network, addr: addr, soft: soft})
 	}
-	switch {
-	case needToken && f.tokenFile == "":
-		return errors.New("--api tcp:… needs a token: put one in a file and give --api-token-file FILE (clients send it as a bearer token)")
-	case f.tokenFile != "":
-		b, err := os.ReadFile(f.tokenFile)
-		if err != nil {
-			return fmt.Errorf("--api-token-file: %v", err)
-		}
-		o.apiToken = strings.TrimSpace(string(b))
-		if o.apiToken == "" {
-			return fmt.Errorf("--api-token-file: %s is empty", f.tokenFile)
-		}
-		if strings.ContainsAny(o.apiToken, " \t\r\n") {
-			return fmt.Errorf("--api-token-file: %s holds more than one word; the token is its only line", f.tokenFile)
-		}
+	token, err := apiToken(f.tokenFile, getenv)
+	if err != nil {
+		return err
 	}
+	if needToken && token == "" {
+		return fmt.Errorf("--api tcp:… needs a token: put one in a file and give --api-token-file FILE, or set %s (clients send it as a bearer token)", envAPIToken)
+	}
+	o.apiToken = token
 	return nil
 }

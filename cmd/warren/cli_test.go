@@ -318,6 +318,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestUpErrors(t *testing.T) {
+	setDefaultConfig(t, filepath.Join(t.TempDir(), "missing.conf"))
 	srv := startDemo(t, demo.Options{})
 	good := writeFile(t, "wg0.conf", wgQuick(srv.ClientConfig()))
 	tests := []struct {

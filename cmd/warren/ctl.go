@@ -41,28 +41,22 @@ type apiFlags struct {
 func (f *apiFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	def := "unix:" + control.DefaultSocketPath(getenv, os.Getuid())
 	fs.StringVar(&f.api, "api", def, "address of warren's API: unix:PATH or tcp:HOST:PORT")
-	fs.StringVar(&f.tokenFile, "api-token-file", "", "file holding the API's bearer token (one line); needed for a tcp: address")
+	fs.StringVar(&f.tokenFile, "api-token-file", "", "file holding the API's bearer token (one line; or the token itself in "+envAPIToken+"); needed for a tcp: address")
 }
 
-// client returns a client of the API the flags name.
-func (f *apiFlags) client() (*apiClient, error) {
+// client returns a client of the API the flags name, with the token from
+// --api-token-file or WARREN_API_TOKEN.
+func (f *apiFlags) client(getenv func(string) string) (*apiClient, error) {
 	network, addr, err := control.ParseAPIAddr(f.api)
 	if err != nil {
 		return nil, fmt.Errorf("--api: %v", err)
 	}
-	var token string
-	switch {
-	case f.tokenFile != "":
-		b, err := os.ReadFile(f.tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("--api-token-file: %v", err)
-		}
-		token = strings.TrimRight(string(b), "\r\n")
-		if token == "" || strings.ContainsAny(token, "\r\n") {
-			return nil, fmt.Errorf("--api-token-file: %s must hold the token on its only line", f.tokenFile)
-		}
-	case network == "tcp":
-		return nil, fmt.Errorf("--api %s needs a token: give --api-token-file FILE (or set %s)", f.api, envName("api-token-file"))
+	token, err := apiToken(f.tokenFile, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if network == "tcp" && token == "" {
+		return nil, fmt.Errorf("--api %s needs a token: give --api-token-file FILE (or set %s), or set %s", f.api, envName("api-token-file"), envAPIToken)
 	}
 	return newAPIClient(f.api, network, addr, token), nil
 }
@@ -134,7 +128,7 @@ func (c *apiClient) do(ctx context.Context, method, path string) (*http.Response
 		}
 	}
 	if resp.StatusCode == http.StatusUnauthorized {
-		return nil, fmt.Errorf("the API at %s refused the token (%s): check --api-token-file", c.api, msg)
+		return nil, fmt.Errorf("the API at %s refused the token (%s): check --api-token-file or %s", c.api, msg, envAPIToken)
 	}
 	return nil, fmt.Errorf("%s (%s)", msg, resp.Status)
 }
@@ -188,7 +182,7 @@ func ctlFlags(name string, args []string, getenv func(string) string, stderr io.
 	if err := parseFlags(fs, args, getenv, nil); err != nil {
 		return nil, err
 	}
-	return af.client()
+	return af.client(getenv)
 }
 
 // cmdStatus is `warren status`: the tunnel's state, on one screen or as

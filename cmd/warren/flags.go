@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -210,18 +209,22 @@ func proxyListeners(flagAddr string, flagRules bool, fromFile []config.ProxyList
 }
 
 // readCredentials reads a proxy's user and password: the password from
-// file, or else from WARREN_<PROXY>_PASSWORD, never from a flag's value
-// (which ps would show). It returns nil when no user is set.
+// file (--<proxy>-password-file, or WARREN_<PROXY>_PASSWORD_FILE), less one
+// trailing newline, or else from WARREN_<PROXY>_PASSWORD; never from a
+// flag's value (which ps would show). Both is an error. It returns nil when
+// no user is set.
 func readCredentials(proxyName, user, file string, getenv func(string) string) (*proxy.Credentials, error) {
 	userFlag, fileFlag := "--"+proxyName+"-user", "--"+proxyName+"-password-file"
 	envVar := envName(proxyName + "-password")
 	password := getenv(envVar)
 	if file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
+		if password != "" {
+			return nil, fmt.Errorf("%s and %s (%s) are both set; give one", envVar, fileFlag, envVar+fileSuffix)
+		}
+		var err error
+		if password, err = readSecretFile(file); err != nil {
 			return nil, fmt.Errorf("%s: %v", fileFlag, err)
 		}
-		password = strings.TrimRight(string(b), "\r\n")
 		if strings.ContainsAny(password, "\r\n") {
 			return nil, fmt.Errorf("%s: %s holds more than one line; the password is its only line", fileFlag, file)
 		}

@@ -38,9 +38,9 @@ const shutdownTimeout = 10 * time.Second
 const usage = `warren: a fail-closed WireGuard client that needs no kernel module
 
 Usage:
-  warren up -c FILE [flags]   connect with a wg-quick config and serve the proxy
+  warren up [-c FILE] [flags] connect with a wg-quick config and serve the proxy
   warren demo [flags]         connect to an in-process demo peer and serve the proxy
-  warren check -c FILE        validate a config
+  warren check [-c FILE]      validate a config
   warren status [--watch]     show the running warren's state (--json for the API's JSON)
   warren connect              ask the running warren to connect
   warren disconnect           ... to disconnect (it keeps refusing every flow)
@@ -51,11 +51,20 @@ Usage:
   warren version              print version information
 
 The commands that talk to a running warren take --api unix:PATH|tcp:ADDR
-(default: its default socket) and, for tcp:, --api-token-file FILE.
+(default: its default socket) and, for tcp:, --api-token-file FILE (or
+the token itself in WARREN_API_TOKEN).
 
 Run 'warren COMMAND -h' for a command's flags. Every flag can also be set
 with an environment variable: --socks5 is WARREN_SOCKS5, --config is
 WARREN_CONFIG; a flag on the command line wins over its variable.
+
+The WireGuard config comes from -c FILE (WARREN_CONFIG), or from the
+environment: WARREN_WG_CONFIG (a config file's text), WARREN_WG_CONFIG_FILE
+(its path), or one variable per key (WARREN_PRIVATE_KEY, WARREN_ADDRESS,
+WARREN_PEER_PUBLIC_KEY, WARREN_PEER_ENDPOINT, ...: see 'warren up -h');
+with none of these, from ` + defaultConfigPath + `. Every secret may be in a
+file instead, as Docker and Kubernetes secrets are: X_FILE names the file
+that holds X (WARREN_PRIVATE_KEY_FILE, WARREN_API_TOKEN_FILE, ...).
 `
 
 func main() {
@@ -137,6 +146,7 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 	hf.register(fs)
 	af.register(fs)
 	lf.register(fs)
+	fs.Usage = usageWithEnv(fs, "warren up [-c FILE] [flags]: connect and serve the proxy")
 	if err := parseFlags(fs, args, getenv, aliasC); err != nil {
 		return err
 	}
@@ -144,15 +154,16 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 	if err != nil {
 		return err
 	}
-	if len(paths) == 0 {
-		return errors.New("no config: give -c FILE or set WARREN_CONFIG")
+	src, err := configSource(paths, getenv)
+	if err != nil {
+		return err
 	}
-	configs, err := loadConfigs(paths, log)
+	configs, err := src.load(log)
 	if err != nil {
 		return err
 	}
 	o := appOptions{configs: configs, log: log}
-	o.load = func() ([]*config.Config, error) { return loadConfigs(paths, log) }
+	o.load = func() ([]*config.Config, error) { return src.load(log) }
 	if err := pf.frontends(&o, given(fs), configs[0], getenv); err != nil {
 		return err
 	}
@@ -162,6 +173,7 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 	if err := hf.apply(&o, given(fs), log); err != nil {
 		return err
 	}
+	logEffective(log, src, hf.logAttrs(), &o)
 	for _, c := range configs[1:] {
 		if c.Wireproxy && !c.Frontends.IsZero() {
 			log.Warn("config: the listener sections of a failover config are ignored; only the first config's count", "config", c.Path)
@@ -190,28 +202,6 @@ func cmdUp(ctx context.Context, args []string, getenv func(string) string, stder
 			return stopApp(a, log)
 		}
 	}
-}
-
-// loadConfigs reads and validates configs, logging their warnings. Every
-// file is read, so that all their errors are reported at once.
-func loadConfigs(paths []string, log *slog.Logger) ([]*config.Config, error) {
-	var configs []*config.Config
-	var errs []error
-	for _, path := range paths {
-		cfg, warnings, err := config.Load(path)
-		for _, w := range warnings {
-			log.Warn("config: " + w.Error())
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		configs = append(configs, cfg)
-	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("invalid config:\n%v", errors.Join(errs...))
-	}
-	return configs, nil
 }
 
 // stopApp shuts the app down after a signal.
@@ -295,22 +285,19 @@ func cmdCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 	fs := newFlagSet("check", stderr)
 	var paths configFlags
 	paths.register(fs)
+	fs.Usage = usageWithEnv(fs, "warren check [-c FILE]: validate the config that warren up would read")
 	if err := parseFlags(fs, args, getenv, aliasC); err != nil {
 		return err
 	}
-	if len(paths) == 0 {
-		return errors.New("no config: give -c FILE or set WARREN_CONFIG")
+	src, err := configSource(paths, getenv)
+	if err != nil {
+		return err
 	}
-	var errs []error
-	for _, path := range paths {
-		cfg, warnings, err := config.Load(path)
-		for _, w := range warnings {
-			fmt.Fprintf(stderr, "warning: %v\n", w)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
+	configs, warnings, err := src.read()
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "warning: %v\n", w)
+	}
+	for _, cfg := range configs {
 		fmt.Fprintf(stdout, "%s: valid: %d address(es), %d DNS server(s), %d peer(s)",
 			cfg.Path, len(cfg.Interface.Addresses), len(cfg.Interface.DNS), len(cfg.Peers))
 		if fe := cfg.Frontends; cfg.Wireproxy {
@@ -319,10 +306,7 @@ func cmdCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 		}
 		fmt.Fprintln(stdout)
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("invalid config:\n%v", errors.Join(errs...))
-	}
-	return nil
+	return err
 }
 
 func printVersion(w io.Writer) {

@@ -137,7 +137,8 @@ func TestNoSecretsInLogsOrAPI(t *testing.T) {
 		t.Errorf("exit code %d", code)
 	}
 	logs := p.output()
-	for _, want := range []string{"authentication failed", "rejected", "config re-read", `"level":"DEBUG"`} {
+	for _, want := range []string{"authentication failed", "rejected", "config re-read", `"level":"DEBUG"`,
+		`"msg":"effective configuration"`, `"msg":"effective WireGuard config"`, cfg.Peers[0].Endpoint.String(), `"preshared_key":"(redacted)"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log has no %q: the test did not exercise what it says", want)
 		}
