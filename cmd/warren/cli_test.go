@@ -336,6 +336,8 @@ func TestUpErrors(t *testing.T) {
 		{"bad log level", nil, []string{"up", "-c", good, "--log-level", "loud"}, 1, `--log-level: "loud" is not debug`},
 		{"listen fails", nil, []string{"up", "-c", good, "--socks5", "127.0.0.1:99999"}, 1, "SOCKS5 proxy: listen tcp: address 99999: invalid port"},
 		{"unknown command", nil, []string{"fly"}, 2, `unknown command "fly"`},
+		{"host flag in proxy mode", nil, []string{"up", "-c", good, "--bootstrap-dns", "192.0.2.53"}, 1, "--bootstrap-dns is for --mode host"},
+		{"bad bootstrap DNS", map[string]string{"WARREN_BOOTSTRAP_DNS": "192.0.2.53,dns.example"}, []string{"up", "-c", good, "--mode", "host"}, 1, `WARREN_BOOTSTRAP_DNS: "dns.example" is not IP or IP:PORT`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -344,6 +346,21 @@ func TestUpErrors(t *testing.T) {
 				t.Fatalf("exit %d (want %d), stderr:\n%s\nwant it to say %q", code, tt.wantCode, stderr, tt.want)
 			}
 		})
+	}
+}
+
+func TestServerList(t *testing.T) {
+	var l serverList
+	if err := l.Set("192.0.2.53, [2001:db8::53]:5353,2001:db8::1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := l.String(), "192.0.2.53:53,[2001:db8::53]:5353,[2001:db8::1]:53"; got != want {
+		t.Errorf("parsed %q, want %q", got, want)
+	}
+	for _, bad := range []string{"", "192.0.2.53:0", "dns.example", "192.0.2.53:x"} {
+		if err := new(serverList).Set(bad); err == nil {
+			t.Errorf("Set(%q) took it", bad)
+		}
 	}
 }
 

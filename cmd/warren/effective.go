@@ -44,7 +44,7 @@ func (f *hostFlags) logAttrs() []any {
 		return []any{"mode", f.mode}
 	}
 	return []any{"mode", f.mode, "tun", f.tun, "fwmark", f.fwmark, "allow_lan", f.allowLAN,
-		"lockdown", f.lockdown, "manage_resolv_conf", f.manageResolv}
+		"lockdown", f.lockdown, "manage_resolv_conf", f.manageResolv, "bootstrap_dns", orNone(f.bootstrapDNS.String())}
 }
 
 // wgConfigAttrs describes one config: its interface, then each peer as a

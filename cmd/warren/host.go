@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 
 	"github.com/warren-vpn/warren/hostmode"
 )
@@ -21,6 +22,7 @@ type hostFlags struct {
 	lockdown     bool
 	manageResolv bool
 	resolvConf   string
+	bootstrapDNS serverList
 }
 
 func (f *hostFlags) register(fs *flag.FlagSet) {
@@ -29,6 +31,35 @@ func (f *hostFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.allowLAN, "allow-lan", false, "host mode: let the private address ranges (the LAN) through in every state")
 	fs.BoolVar(&f.lockdown, "lockdown", false, "host mode: block in Disconnected too, not only while connecting or after a failure")
 	fs.BoolVar(&f.manageResolv, "manage-resolv-conf", false, "host mode: point --resolv-conf at warren's DNS server (--dns on port 53) unless disconnected, and restore the original when disconnected or stopped")
+	fs.Var(&f.bootstrapDNS, "bootstrap-dns", "host mode: DNS servers outside the tunnel (IP or IP:PORT, comma-separated) that resolve the endpoints' host names; default: the nameservers of resolv.conf as it was before warren, but for warren's own. Needed in a container whose resolver forwards from inside the namespace (Docker's 127.0.0.11)")
+}
+
+// serverList is a flag holding DNS servers: IP or IP:PORT (port 53 by
+// default), comma-separated or repeated.
+type serverList []netip.AddrPort
+
+func (l *serverList) String() string {
+	s := make([]string, len(*l))
+	for i, a := range *l {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *serverList) Set(v string) error {
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		if a, err := netip.ParseAddr(f); err == nil {
+			*l = append(*l, netip.AddrPortFrom(a, 53))
+			continue
+		}
+		ap, err := netip.ParseAddrPort(f)
+		if err != nil || ap.Port() == 0 {
+			return fmt.Errorf("%q is not IP or IP:PORT", f)
+		}
+		*l = append(*l, ap)
+	}
+	return nil
 }
 
 // registerNames registers what names host mode's things: for up and down.
@@ -50,7 +81,7 @@ func (f *hostFlags) options(log *slog.Logger) (hostmode.Options, error) {
 func (f *hostFlags) apply(o *appOptions, set map[string]bool, log *slog.Logger) error {
 	switch f.mode {
 	case "proxy":
-		for _, name := range []string{"tun", "fwmark", "allow-lan", "lockdown", "manage-resolv-conf", "resolv-conf"} {
+		for _, name := range []string{"tun", "fwmark", "allow-lan", "lockdown", "manage-resolv-conf", "resolv-conf", "bootstrap-dns"} {
 			if set[name] {
 				return fmt.Errorf("--%s is for --mode host", name)
 			}
@@ -65,6 +96,7 @@ func (f *hostFlags) apply(o *appOptions, set map[string]bool, log *slog.Logger) 
 		return err
 	}
 	opts.ProbeTargets = o.probes
+	opts.BootstrapDNS = f.bootstrapDNS
 	if f.manageResolv {
 		ap, err := netip.ParseAddrPort(o.dns)
 		if !set["dns"] || err != nil || ap.Port() != 53 {
