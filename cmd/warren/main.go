@@ -29,8 +29,14 @@ import (
 	"github.com/warren-vpn/warren/state"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time by scripts/build.sh, with
+// -ldflags "-X main.version=... -X main.commit=...". A plain go build in a
+// git checkout leaves version "dev" and takes the commit from the build
+// information Go records.
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // shutdownTimeout bounds a clean stop after SIGINT or SIGTERM.
 const shutdownTimeout = 10 * time.Second
@@ -310,13 +316,22 @@ func cmdCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 }
 
 func printVersion(w io.Writer) {
-	commit := "unknown"
-	if info, ok := debug.ReadBuildInfo(); ok {
+	rev, modified := commit, false
+	if info, ok := debug.ReadBuildInfo(); ok && rev == "" {
 		for _, s := range info.Settings {
-			if s.Key == "vcs.revision" {
-				commit = s.Value
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
 			}
 		}
 	}
-	fmt.Fprintf(w, "warren %s (commit %s, %s %s/%s)\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	switch {
+	case rev == "":
+		rev = "unknown"
+	case modified:
+		rev += " (modified)"
+	}
+	fmt.Fprintf(w, "warren %s\ncommit %s\n%s %s/%s\n", version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
