@@ -23,6 +23,11 @@ image:
 test:
 	go test -race ./...
 
+# bench: the benchmark, warren against a kernel TUN (as root; bench/RESULTS.md).
+# Flags go in BENCHFLAGS: make bench BENCHFLAGS='-phases download -runs 3'.
+bench:
+	go run ./bench $(BENCHFLAGS)
+
 # ci: what CI runs (installs the real-peer suite's packages when root).
 ci:
 	.ci/run
