@@ -7,8 +7,9 @@ package hostmode
 // subprocess), replaced atomically on every state change and read back.
 //
 // When Ruleset.Block is set (every state but Disconnected without lockdown),
-// the table has three base chains, input, output and forward, of type filter
-// at priority 0 with policy drop, and these rules, tried in order:
+// the table has three filtering base chains, input, output and forward, of
+// type filter at priority 0 with policy drop, and these rules, tried in
+// order:
 //
 //	#   traffic                                     output           input                      when
 //	1   loopback (oif/iif lo): warren's DNS server  accept           accept                     always
@@ -53,6 +54,24 @@ package hostmode
 //   - Nothing is forwarded in any state: containers or VMs routed through
 //     this host have no path while the table is in.
 //
+// When Mark is set, two more base chains, of type filter at the mangle
+// priority (-150) with policy accept, filter nothing; they carry the mark of
+// warren's flows from its packets going out to the replies coming in, as
+// wg-quick does:
+//
+//	chain        hook         rule
+//	mark-save    postrouting  "save mark":    meta mark Mark ct mark set meta mark
+//	mark-restore prerouting   "restore mark": ct mark Mark meta mark set ct mark
+//
+// With net.ipv4.conf.all.src_valid_mark=1 (Host sets it), the kernel's
+// reverse-path check of an incoming packet looks its source up with the
+// packet's mark. The endpoint's replies then follow the routing rule for
+// marked packets, to the main table and the uplink they came in on. Without
+// the mark they would route into warren's table, whose default route is the
+// TUN, and strict reverse-path filtering (rp_filter=1) would drop them as
+// soon as the tunnel is up. Only flows of warren's marked sockets carry the
+// conntrack mark; no other packet's mark is touched.
+//
 // When Block is not set the table is removed and the host's own rules apply.
 
 import (
@@ -90,7 +109,8 @@ type Ruleset struct {
 	// Mark is the fwmark (SO_MARK) of warren's own WireGuard socket and of its
 	// endpoint look-ups. Only a process with CAP_NET_ADMIN can set it, so only
 	// warren's sockets match. Required (non-zero) when Endpoints is not empty
-	// or ResolveEndpoint is set.
+	// or ResolveEndpoint is set. When non-zero, the table also carries it
+	// from warren's packets to their replies (the mark chains, above).
 	Mark uint32
 
 	// Endpoints are the peer endpoints the marked socket may send UDP to, and
@@ -212,15 +232,14 @@ func (f *Firewall) Apply(r Ruleset) error {
 			return fmt.Errorf("hostmode: firewall: set %s: %w", s.ref.name, err)
 		}
 	}
-	policy := nftables.ChainPolicyDrop
 	for _, c := range p.chains {
 		chain := conn.AddChain(&nftables.Chain{
 			Name:     c.name,
 			Table:    t,
 			Type:     nftables.ChainTypeFilter,
 			Hooknum:  nftables.ChainHookRef(c.hook),
-			Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityFilter),
-			Policy:   &policy,
+			Priority: nftables.ChainPriorityRef(c.priority),
+			Policy:   &c.policy,
 		})
 		for _, rule := range c.rules {
 			conn.AddRule(&nftables.Rule{
@@ -456,9 +475,11 @@ type fwSetPlan struct {
 }
 
 type fwChainPlan struct {
-	name  string
-	hook  nftables.ChainHook
-	rules []fwRulePlan
+	name     string
+	hook     nftables.ChainHook
+	priority nftables.ChainPriority
+	policy   nftables.ChainPolicy
+	rules    []fwRulePlan
 }
 
 type fwRulePlan struct {
@@ -473,8 +494,8 @@ func (p *fwPlan) state() fwTableState {
 		cs := fwChainState{
 			typ:      nftables.ChainTypeFilter,
 			hook:     c.hook,
-			priority: *nftables.ChainPriorityFilter,
-			policy:   nftables.ChainPolicyDrop,
+			priority: c.priority,
+			policy:   c.policy,
 		}
 		for _, r := range c.rules {
 			cs.rules = append(cs.rules, fwRuleState{comment: r.comment, exprs: len(r.exprs)})
@@ -695,10 +716,23 @@ func (r Ruleset) plan() (*fwPlan, error) {
 	add(&out, "reject tcp", nftL4Proto(unix.IPPROTO_TCP), nftCounter(), nftRejectTCP())
 	add(&out, "reject", nftCounter(), nftRejectICMPX())
 
+	filter, dropAll := *nftables.ChainPriorityFilter, nftables.ChainPolicyDrop
 	p.chains = []fwChainPlan{
-		{name: "input", hook: *nftables.ChainHookInput, rules: in},
-		{name: "output", hook: *nftables.ChainHookOutput, rules: out},
-		{name: "forward", hook: *nftables.ChainHookForward},
+		{name: "input", hook: *nftables.ChainHookInput, priority: filter, policy: dropAll, rules: in},
+		{name: "output", hook: *nftables.ChainHookOutput, priority: filter, policy: dropAll, rules: out},
+		{name: "forward", hook: *nftables.ChainHookForward, priority: filter, policy: dropAll},
+	}
+
+	// The mark of warren's flows, for the reverse-path check of their
+	// replies. Mark 0 would be every unmarked flow: then nothing.
+	if r.Mark != 0 {
+		mangle, acceptAll := *nftables.ChainPriorityMangle, nftables.ChainPolicyAccept
+		p.chains = append(p.chains,
+			fwChainPlan{name: "mark-save", hook: *nftables.ChainHookPostrouting, priority: mangle, policy: acceptAll,
+				rules: []fwRulePlan{{comment: "save mark", exprs: nftSaveMark(r.Mark)}}},
+			fwChainPlan{name: "mark-restore", hook: *nftables.ChainHookPrerouting, priority: mangle, policy: acceptAll,
+				rules: []fwRulePlan{{comment: "restore mark", exprs: nftRestoreMark(r.Mark)}}},
+		)
 	}
 	return p, nil
 }
@@ -753,6 +787,20 @@ func nftIfname(key expr.MetaKey, name string) []expr.Any {
 // nftMark is "meta mark MARK".
 func nftMark(mark uint32) []expr.Any {
 	return nftMeta(expr.MetaKeyMARK, binaryutil.NativeEndian.PutUint32(mark))
+}
+
+// nftSaveMark is "meta mark MARK ct mark set meta mark".
+func nftSaveMark(mark uint32) []expr.Any {
+	return append(nftMark(mark), &expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true})
+}
+
+// nftRestoreMark is "ct mark MARK meta mark set ct mark".
+func nftRestoreMark(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		nftCmpEq(binaryutil.NativeEndian.PutUint32(mark)),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+	}
 }
 
 // nftCtState is "ct state BITS": any of them.

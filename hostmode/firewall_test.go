@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -698,8 +699,8 @@ func TestFirewallLoopbackRemoveReplace(t *testing.T) {
 	if n := strings.Count(p.nft(t, "list", "tables"), "table inet "+TableName); n != 1 {
 		t.Errorf("%d tables named inet %s, want 1", n, TableName)
 	}
-	if n := strings.Count(first, "\tchain "); n != 3 {
-		t.Errorf("%d chains, want 3:\n%s", n, first)
+	if n := strings.Count(first, "\tchain "); n != 5 {
+		t.Errorf("%d chains, want 5:\n%s", n, first)
 	}
 	if n := strings.Count(first, `comment "tunnel"`); n != 2 {
 		t.Errorf("%d rules commented \"tunnel\", want 2 (input, output):\n%s", n, first)
@@ -1004,8 +1005,12 @@ func TestFirewallPlan(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if len(p.chains) != 3 {
-			t.Fatalf("%s: %d chains, want 3", name, len(p.chains))
+		wantChains := 5 // input, output, forward, mark-save, mark-restore
+		if r.Mark == 0 {
+			wantChains = 3 // "meta mark 0" would be every unmarked packet
+		}
+		if len(p.chains) != wantChains {
+			t.Fatalf("%s: %d chains, want %d", name, len(p.chains), wantChains)
 		}
 		for _, c := range p.chains {
 			seen := map[string]bool{}
@@ -1023,6 +1028,17 @@ func TestFirewallPlan(t *testing.T) {
 				}
 			}
 			switch c.name {
+			case "mark-save", "mark-restore":
+				// They mark warren's flows and nothing else: no verdict,
+				// and every packet goes on to the filtering chains.
+				if c.policy != nftables.ChainPolicyAccept || c.priority >= *nftables.ChainPriorityFilter || len(c.rules) != 1 {
+					t.Errorf("%s: %s: policy %v priority %d, %d rules; want accept, before the filters, 1 rule", name, c.name, c.policy, c.priority, len(c.rules))
+				}
+				for _, e := range c.rules[0].exprs {
+					if _, ok := e.(*expr.Verdict); ok {
+						t.Errorf("%s: %s has a verdict", name, c.name)
+					}
+				}
 			case "forward":
 				if len(c.rules) != 0 {
 					t.Errorf("%s: forward has %d rules, want none", name, len(c.rules))
@@ -1071,4 +1087,38 @@ func fwRuleCounter(t *testing.T, ns *fwNS, comment string) int {
 func fwIsAccept(e expr.Any) bool {
 	v, ok := e.(*expr.Verdict)
 	return ok && v.Kind == expr.VerdictAccept
+}
+
+// TestFirewallMarkForReversePath puts P behind strict reverse-path
+// filtering with wg-quick's routing (a default route into the tunnel for
+// everything unmarked): the endpoint's replies to the marked socket get in
+// only because the table restores their mark from conntrack and
+// src_valid_mark lets the reverse-path check use it.
+func TestFirewallMarkForReversePath(t *testing.T) {
+	lab := fwNewLab(t)
+	p := lab.p
+	sysctl := func(settings ...string) {
+		t.Helper()
+		args := append([]string{"netns", "exec", p.name, "sysctl", "-qw"}, settings...)
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("sysctl %v: %v: %s", settings, err, fwTrim(out))
+		}
+	}
+	sysctl("net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.eth0.rp_filter=1", "net.ipv4.conf.all.src_valid_mark=1")
+	p.ip(t, "rule", "add", "priority", "100", "table", "main", "suppress_prefixlength", "0")
+	p.ip(t, "rule", "add", "priority", "101", "not", "fwmark", fmt.Sprint(fwMark), "table", "100")
+	p.ip(t, "route", "add", "default", "dev", fwTUN, "table", "100")
+
+	lab.apply(t, fwConnecting())
+	fwWantOK(t, "marked UDP to the endpoint, strict rp_filter", fwUDP(p, fwOPublic4, fwWGPort, fwMark))
+	fwWantOK(t, "marked UDP to the endpoint, strict rp_filter, again", fwUDP(p, fwOPublic4, fwWGPort, fwMark))
+	// The mark alone is not enough: the check must be allowed to use it.
+	sysctl("net.ipv4.conf.all.src_valid_mark=0")
+	fwWantFail(t, "marked UDP to the endpoint without src_valid_mark", fwUDP(p, fwOPublic4, fwWGPort, fwMark))
+	sysctl("net.ipv4.conf.all.src_valid_mark=1")
+	fwWantOK(t, "marked UDP to the endpoint with src_valid_mark again", fwUDP(p, fwOPublic4, fwWGPort, fwMark))
+	// Only warren's flows carry the conntrack mark.
+	if out := p.nft(t, "list", "table", "inet", TableName); !strings.Contains(out, "meta mark set ct mark") || !strings.Contains(out, "ct mark set meta mark") {
+		t.Errorf("no mark chains:\n%s", out)
+	}
 }

@@ -20,8 +20,13 @@
 //   - Disconnecting, Error: blocked; no routes.
 //
 // firewall.go says exactly what passes in each case. If warren dies, the
-// table stays and the namespace stays closed; Cleanup (warren down) and the
-// next New remove what is left.
+// table stays and the namespace stays closed; with lockdown, Close leaves it
+// too. Down (warren down) and the next New remove what is left.
+//
+// Two things of the namespace beyond warren's own are looked at (sysctl.go):
+// Host sets net.ipv4.conf.all.src_valid_mark, as wg-quick does, so that
+// strict reverse-path filtering lets the endpoint's replies in; and where
+// IPv6 is disabled, the tunnel carries IPv4 alone.
 package hostmode
 
 import (
@@ -50,6 +55,11 @@ type Options struct {
 	Priority int    // routing rules' priority; 0 means DefaultPriority
 	// AllowLAN lets the private address ranges through in every state.
 	AllowLAN bool
+	// Lockdown is the state machine's lockdown at the start (Apply follows
+	// the snapshots' from then on). With lockdown, Close leaves the firewall
+	// table in, blocking as in Disconnected: the namespace stays closed
+	// after warren stops, until Down or the next New.
+	Lockdown bool
 	// ProbeTargets are passed to the tunnel (see netstack.TunnelOptions).
 	ProbeTargets []netip.Addr
 	// ResolvConf, if set, is a resolv.conf file to point at DNSServer
@@ -82,7 +92,13 @@ type Host struct {
 	endpoints []netip.AddrPort // its resolved endpoints
 	rules     Ruleset          // the ruleset applied last
 	snap      state.Snapshot   // the snapshot applied last
+	lockdown  bool             // the lockdown of snap (Options.Lockdown before the first)
 	tun       *kernelTUN       // the latest attempt's TUN
+	// noIPv6: IPv6 is off on the latest attempt's TUN (before the first,
+	// for the namespace's new links); the tunnel carries IPv4 alone.
+	noIPv6       bool
+	warnedIPv6   bool // the warning that IPv6 is off was logged
+	srcValidMark bool // setting net.ipv4.conf.all.src_valid_mark was tried
 }
 
 var (
@@ -104,7 +120,8 @@ func New(opts Options) (*Host, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Host{opts: opts, log: opts.Logger.With("component", "hostmode")}
+	h := &Host{opts: opts, log: opts.Logger.With("component", "hostmode"), lockdown: opts.Lockdown}
+	h.noIPv6, _ = ipv6Off("")
 	fw, err := NewFirewall(-1)
 	if err != nil {
 		return nil, fmt.Errorf("hostmode: firewall: %w", err)
@@ -137,19 +154,37 @@ func New(opts Options) (*Host, error) {
 	return h, nil
 }
 
-// newTUN creates an attempt's TUN and gives it the config's addresses.
+// newTUN creates an attempt's TUN and gives it the config's addresses: the
+// IPv4 ones alone if IPv6 is off on it.
 func (h *Host) newTUN(cfg *config.Config) (netstack.HostTUN, error) {
-	t, err := createTUN(h.opts.TUN, cfg.Interface.MTU, cfg.Interface.Addresses)
+	t, err := createTUN(h.opts.TUN, cfg.Interface.MTU)
 	if err != nil {
 		return nil, err
 	}
-	if err := h.rt.SetupLink(h.opts.TUN, cfg.Interface.Addresses, cfg.Interface.MTU); err != nil {
+	addrs := cfg.Interface.Addresses
+	noIPv6, why := ipv6Off(h.opts.TUN)
+	if noIPv6 {
+		addrs = slices.DeleteFunc(slices.Clone(addrs), func(p netip.Prefix) bool { return p.Addr().Is6() })
+		if len(addrs) == 0 {
+			t.Close()
+			return nil, &netstack.CauseError{Cause: state.CauseTunnelDevice, Err: fmt.Errorf(
+				"the config's addresses are all IPv6, and IPv6 is off in this network namespace (%s): give the interface an IPv4 address too, or enable IPv6", why)}
+		}
+	}
+	t.setSources(addrs)
+	if err := h.rt.SetupLink(h.opts.TUN, addrs, cfg.Interface.MTU); err != nil {
 		t.Close()
 		return nil, &netstack.CauseError{Cause: state.CauseRouting, Err: fmt.Errorf("set up %s: %w", h.opts.TUN, err)}
 	}
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.tun = t
-	h.mu.Unlock()
+	h.noIPv6 = noIPv6
+	if noIPv6 && !h.warnedIPv6 && hasIPv6(cfg) {
+		h.warnedIPv6 = true
+		h.log.Warn("IPv6 is off in this network namespace: the tunnel carries IPv4 alone, without the config's IPv6 addresses and routes; the kill switch blocks IPv6 all the same",
+			"why", why)
+	}
 	return t, nil
 }
 
@@ -179,6 +214,7 @@ func (h *Host) Apply(s state.Snapshot) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.snap = s
+	h.lockdown = s.Lockdown
 	r := Ruleset{Block: true, TUN: h.opts.TUN, Mark: h.opts.Mark, AllowLAN: h.opts.AllowLAN}
 	var routes []netip.Prefix
 	switch s.State {
@@ -194,9 +230,13 @@ func (h *Host) Apply(s state.Snapshot) error {
 		r.Endpoints = h.endpoints
 		if h.cfg != nil {
 			r.TunnelDNS = h.cfg.Interface.DNS
-			r.TunnelIPv6 = carriesIPv6(h.cfg)
+			r.TunnelIPv6 = carriesIPv6(h.cfg) && !h.noIPv6
 			for _, p := range h.cfg.Peers {
-				routes = append(routes, p.AllowedIPs...)
+				for _, pfx := range p.AllowedIPs {
+					if pfx.Addr().Is4() || !h.noIPv6 {
+						routes = append(routes, pfx)
+					}
+				}
 			}
 		}
 	}
@@ -215,7 +255,11 @@ func (h *Host) Apply(s state.Snapshot) error {
 	// The rules only while the tunnel is wanted: Disconnected leaves the
 	// namespace as warren found it (the firewall, with lockdown, aside).
 	wanted := s.State != state.Disconnected
-	if err := h.rt.SetRules(wanted, wanted); err != nil && wanted {
+	if wanted && !h.srcValidMark {
+		h.srcValidMark = true
+		h.setSrcValidMark()
+	}
+	if err := h.rt.SetRules(wanted, wanted && !h.noIPv6); err != nil && wanted {
 		errs = append(errs, fmt.Errorf("routing rules: %w", err))
 	}
 	if h.rc != nil {
@@ -232,6 +276,37 @@ func (h *Host) Apply(s state.Snapshot) error {
 	return errors.Join(errs...)
 }
 
+// setSrcValidMark sets net.ipv4.conf.all.src_valid_mark, so that the
+// reverse-path check of the endpoint's replies uses the mark the firewall
+// restores on them: without it, strict reverse-path filtering (rp_filter=1)
+// drops them once the tunnel's routes are in. It stays set, as with
+// wg-quick: it changes nothing for unmarked packets, and another WireGuard
+// in the namespace may rely on it. Failing to set it is logged, not a
+// failure: it matters only with strict filtering, and even then the
+// namespace stays closed.
+func (h *Host) setSrcValidMark() {
+	changed, err := setSrcValidMark()
+	switch {
+	case err != nil && strictRPFilter():
+		h.log.Warn("strict reverse-path filtering is on (rp_filter=1) and net.ipv4.conf.all.src_valid_mark cannot be set: the endpoint's replies will be dropped once connected; set it to 1 (docker run --sysctl net.ipv4.conf.all.src_valid_mark=1), or make rp_filter 2 (loose)",
+			"err", err)
+	case err != nil:
+		h.log.Debug("cannot set net.ipv4.conf.all.src_valid_mark; no interface filters reverse paths strictly, so the endpoint's replies get in without it", "err", err)
+	case changed:
+		h.log.Info("set net.ipv4.conf.all.src_valid_mark=1, so that reverse-path filtering lets the endpoint's replies in; it stays set, as with wg-quick")
+	}
+}
+
+// hasIPv6 reports whether the config has an IPv6 address or routes some
+// IPv6 through a peer.
+func hasIPv6(cfg *config.Config) bool {
+	is6 := func(p netip.Prefix) bool { return p.Addr().Is6() }
+	if slices.ContainsFunc(cfg.Interface.Addresses, is6) {
+		return true
+	}
+	return slices.ContainsFunc(cfg.Peers, func(p config.Peer) bool { return slices.ContainsFunc(p.AllowedIPs, is6) })
+}
+
 // carriesIPv6 reports whether the tunnel has an IPv6 address and routes
 // some IPv6 through a peer.
 func carriesIPv6(cfg *config.Config) bool {
@@ -244,18 +319,37 @@ func carriesIPv6(cfg *config.Config) bool {
 	return false
 }
 
-// Close stops the tunnel and removes everything host mode made: the
-// firewall table, the rules, routes and TUN. Call it after the machine
-// has shut down (Disconnected).
+// Close stops the tunnel and removes what host mode made: the rules,
+// routes and TUN, and the firewall table unless the lockdown is on (in the
+// snapshot applied last, or Options.Lockdown before any). With lockdown
+// the table stays, blocking as in Disconnected, as after kill -9: the
+// namespace stays closed until a new warren replaces the table or Down
+// removes it. resolv.conf is restored either way: Disconnected has it
+// restored too, and the table refuses DNS outside the tunnel either way.
+// Call Close after the machine has shut down (Disconnected).
 func (h *Host) Close() error {
 	h.Tunnel.Close()
+	h.mu.Lock()
+	lockdown := h.lockdown
+	h.mu.Unlock()
 	var errs []error
+	if lockdown {
+		// Blocking first, then the routes go, as in Apply.
+		if err := h.fw.Apply(Ruleset{Block: true, Mark: h.opts.Mark, AllowLAN: h.opts.AllowLAN}); err != nil {
+			errs = append(errs, fmt.Errorf("hostmode: keep the kill switch: %w", err))
+		} else {
+			h.log.Info("lockdown: the kill switch stays after warren stops, and the namespace stays closed until warren runs again; `warren down` removes it",
+				"table", "inet "+TableName)
+		}
+	}
 	if err := h.rt.Cleanup(h.opts.TUN); err != nil {
 		errs = append(errs, err)
 	}
 	h.rt.Close()
-	if err := h.fw.Remove(); err != nil {
-		errs = append(errs, err)
+	if !lockdown {
+		if err := h.fw.Remove(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if h.rc != nil {
 		if _, err := h.rc.restore(); err != nil {

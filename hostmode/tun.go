@@ -23,18 +23,18 @@ import (
 // and the liveness monitor look at.
 type kernelTUN struct {
 	tun.Device
-	file       *os.File
-	src4, src6 netip.Addr // the tunnel's own addresses, or invalid
+	file *os.File
 
-	// mu guards queue and seq.
-	mu    sync.Mutex
-	queue [][]byte
-	seq   uint16
+	// mu guards the fields below.
+	mu         sync.Mutex
+	src4, src6 netip.Addr // the tunnel's own addresses, or invalid
+	queue      [][]byte
+	seq        uint16
 }
 
-// createTUN creates the kernel TUN name with mtu; src are the tunnel's
-// addresses, the source of probes.
-func createTUN(name string, mtu int, src []netip.Prefix) (*kernelTUN, error) {
+// createTUN creates the kernel TUN name with mtu. Give it the sources of
+// its probes with setSources before the device reads from it.
+func createTUN(name string, mtu int) (*kernelTUN, error) {
 	d, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("create TUN %s: %w", name, err)
@@ -44,8 +44,16 @@ func createTUN(name string, mtu int, src []netip.Prefix) (*kernelTUN, error) {
 		d.Close()
 		return nil, fmt.Errorf("create TUN %s: not a native TUN (%T)", name, d)
 	}
-	t := &kernelTUN{Device: d, file: nt.File()}
-	for _, p := range src {
+	return &kernelTUN{Device: d, file: nt.File()}, nil
+}
+
+// setSources takes the tunnel's addresses: the first of each family is
+// the source of the probes to that family.
+func (t *kernelTUN) setSources(addrs []netip.Prefix) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.src4, t.src6 = netip.Addr{}, netip.Addr{}
+	for _, p := range addrs {
 		switch a := p.Addr(); {
 		case a.Is4() && !t.src4.IsValid():
 			t.src4 = a
@@ -53,7 +61,6 @@ func createTUN(name string, mtu int, src []netip.Prefix) (*kernelTUN, error) {
 			t.src6 = a
 		}
 	}
-	return t, nil
 }
 
 // Read returns a queued probe if there is one, and otherwise what the host

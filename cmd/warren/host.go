@@ -97,6 +97,7 @@ func (f *hostFlags) apply(o *appOptions, set map[string]bool, log *slog.Logger) 
 	}
 	opts.ProbeTargets = o.probes
 	opts.BootstrapDNS = f.bootstrapDNS
+	opts.Lockdown = f.lockdown
 	if f.manageResolv {
 		ap, err := netip.ParseAddrPort(o.dns)
 		if !set["dns"] || err != nil || ap.Port() != 53 {
@@ -120,7 +121,8 @@ func (f *hostFlags) apply(o *appOptions, set map[string]bool, log *slog.Logger) 
 }
 
 // cmdDown is `warren down`: remove what a host-mode warren that was killed
-// left behind. A running warren removes its own when it stops.
+// left behind, or the kill switch that one stopped with --lockdown kept. A
+// running warren without --lockdown removes its own when it stops.
 func cmdDown(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("down", stderr)
 	var f hostFlags

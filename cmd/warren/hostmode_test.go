@@ -222,8 +222,14 @@ AllowedIPs = 0.0.0.0/0
 // its API on a socket in the test's directory.
 func (rp *realPeer) startHostWarren(extra ...string) (*process, string) {
 	rp.t.Helper()
+	return rp.startHostWarrenConf(rp.hostConfig(), extra...)
+}
+
+// startHostWarrenConf is startHostWarren with the config text config.
+func (rp *realPeer) startHostWarrenConf(config string, extra ...string) (*process, string) {
+	rp.t.Helper()
 	conf := filepath.Join(rp.dir, "host.conf")
-	if err := os.WriteFile(conf, []byte(rp.hostConfig()), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(config), 0o600); err != nil {
 		rp.t.Fatal(err)
 	}
 	// Programs in the namespace resolve with the tunnel's DNS server.
@@ -415,11 +421,11 @@ func TestHostMode(t *testing.T) {
 	}
 }
 
-// A clean stop removes everything too.
+// Without --lockdown, a clean stop removes everything too.
 func TestHostModeStopCleansUp(t *testing.T) {
 	rp := newRealPeer(t)
 	before := rp.snapshotNS()
-	p, _ := rp.startHostWarren("--lockdown")
+	p, _ := rp.startHostWarren()
 	p.waitLog(t, 20*time.Second, toState("connected"))
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d", code)
@@ -785,4 +791,149 @@ func TestHostModeRestartAfterCrash(t *testing.T) {
 	if after := rp.snapshotNS(); after != before {
 		t.Errorf("after the second warren stopped, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
+}
+
+// With --lockdown, a clean stop (SIGTERM: an orchestrator restarting the
+// sidecar, say) leaves the namespace closed, as kill -9 does: the table
+// stays, the routes, rules and TUN go; warren says so, and warren down
+// opens the namespace again.
+func TestHostModeLockdownStopStaysClosed(t *testing.T) {
+	rp := newRealPeer(t)
+	rp.setPathCounters()
+	before := rp.snapshotNS()
+	p, _ := rp.startHostWarren("--lockdown")
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("connected: the internet through the tunnel: %+v", pr)
+	}
+	rp.internetSources()
+	rp.pathCounter("direct")
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	if out := p.output(); !strings.Contains(out, "the kill switch stays") || !strings.Contains(out, "warren down") {
+		t.Errorf("no log line says the kill switch stays and how to remove it:\n%s", out)
+	}
+	after := rp.snapshotNS()
+	if !strings.Contains(after, "table inet warren") {
+		t.Errorf("after a clean stop with --lockdown, the table is gone:\n%s", after)
+	}
+	for _, left := range []string{"lookup 51820", "table 51820"} {
+		if strings.Contains(after, left) {
+			t.Errorf("after a clean stop with --lockdown, %q is left:\n%s", left, after)
+		}
+	}
+	if links := rp.in(rp.cliNS, "ip", "-o", "link", "show"); strings.Contains(links, "wt"+rp.id) {
+		t.Errorf("after a clean stop with --lockdown, the TUN is left:\n%s", links)
+	}
+	rp.wantBlocked("after a clean stop with --lockdown")
+	if n := rp.pathCounter("direct"); n != 0 {
+		t.Errorf("after a clean stop with --lockdown: %d packets left directly", n)
+	}
+	out := rp.in(rp.cliNS, warrenBinary(t), "down", "--tun", "wt"+rp.id)
+	t.Logf("warren down: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, "table inet warren") {
+		t.Errorf("warren down did not find the table: %s", out)
+	}
+	if after := rp.snapshotNS(); after != before {
+		t.Errorf("after warren down, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("after warren down: the internet: %+v", pr)
+	}
+}
+
+// Strict reverse-path filtering (rp_filter=1, which hardened hosts and
+// some distributions set) with an endpoint that only the default route
+// reaches, as on the internet. The endpoint's replies come in on the
+// uplink; checked without warren's mark, their source would route into
+// warren's table, whose default route is the TUN, and the kernel would
+// drop them once connected. wg-quick's answer, which warren follows:
+// src_valid_mark=1, and the mark restored on the replies from conntrack.
+func TestHostModeStrictReversePath(t *testing.T) {
+	rp := newRealPeer(t)
+	endpoint := netip.MustParseAddr("192.0.2.1") // off the client's link
+	rp.in(rp.srvNS, "ip", "addr", "add", endpoint.String()+"/32", "dev", "lo")
+	rp.in(rp.cliNS, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.wu"+rp.id+".rp_filter=1")
+	if v := strings.TrimSpace(rp.in(rp.cliNS, "sysctl", "-n", "net.ipv4.conf.all.src_valid_mark")); v != "0" {
+		t.Fatalf("net.ipv4.conf.all.src_valid_mark is %s before warren, want 0", v)
+	}
+	conf := strings.Replace(rp.hostConfig(), "Endpoint = "+rp.underSrv.String()+":", "Endpoint = "+endpoint.String()+":", 1)
+	p, _ := rp.startHostWarrenConf(conf)
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	for i := range 3 {
+		if pr := rp.probe("http:http://" + rpName + "/"); !pr.ok || !strings.Contains(pr.text, rpClient4.String()) {
+			t.Errorf("%d: by name through the tunnel: %+v", i, pr)
+		}
+		if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+			t.Errorf("%d: the internet through the tunnel: %+v", i, pr)
+		}
+	}
+	if s := rp.internetSources(); len(s) != 3 || s[0] != rpClient4 || s[1] != rpClient4 || s[2] != rpClient4 {
+		t.Errorf("the internet saw %v, want the tunnel address 3 times", s)
+	}
+	if n := rp.leaks.Load(); n != 0 {
+		t.Errorf("%d DNS queries outside the tunnel", n)
+	}
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	// As wg-quick does, warren leaves src_valid_mark set (see README).
+	if v := strings.TrimSpace(rp.in(rp.cliNS, "sysctl", "-n", "net.ipv4.conf.all.src_valid_mark")); v != "1" {
+		t.Errorf("net.ipv4.conf.all.src_valid_mark is %s after warren, want 1", v)
+	}
+}
+
+// A namespace with IPv6 disabled (Docker's default for a container on a
+// network without IPv6) and a config with IPv4 and IPv6 addresses: warren
+// says that IPv6 is off and brings the tunnel up with IPv4 alone. A config
+// with IPv6 addresses alone is an error that says why.
+func TestHostModeIPv6Disabled(t *testing.T) {
+	rp := newRealPeer(t) // its client namespace has net.ipv6.conf.all.disable_ipv6=1
+	conf := strings.Replace(rp.hostConfig(), "/32\n", "/32, "+rpClient6.String()+"/128\n", 1)
+	conf = strings.Replace(conf, "AllowedIPs = 0.0.0.0/0", "AllowedIPs = 0.0.0.0/0, ::/0", 1)
+	p, _ := rp.startHostWarrenConf(conf)
+	m := p.waitLog(t, 20*time.Second, func(m map[string]any) bool {
+		text, _ := m["msg"].(string)
+		return strings.Contains(text, "IPv6 is off") || m["to"] == "error"
+	})
+	if m["to"] == "error" {
+		t.Fatalf("error: %v: %v", m["cause"], m["detail"])
+	}
+	t.Logf("warren: %v", m["msg"])
+	p.waitLog(t, 20*time.Second, toState("connected"))
+	if pr := rp.probe("http:http://" + rpName + "/"); !pr.ok || !strings.Contains(pr.text, rpClient4.String()) {
+		t.Errorf("by name through the tunnel: %+v", pr)
+	}
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		t.Errorf("the internet through the tunnel: %+v", pr)
+	}
+	if s := rp.internetSources(); len(s) != 1 || s[0] != rpClient4 {
+		t.Errorf("the internet saw %v, want only the tunnel address", s)
+	}
+	// An empty table does not exist, as ip sees it.
+	if out, _ := exec.Command("ip", "netns", "exec", rp.cliNS, "ip", "-6", "route", "show", "table", "51820").CombinedOutput(); strings.TrimSpace(string(out)) != "" && !strings.Contains(string(out), "does not exist") {
+		t.Errorf("IPv6 routes in warren's table:\n%s", out)
+	}
+	if out := rp.in(rp.cliNS, "ip", "-4", "route", "show", "table", "51820"); !strings.Contains(out, "default dev wt"+rp.id) {
+		t.Errorf("no IPv4 default route in warren's table:\n%s", out)
+	}
+	if out := rp.in(rp.cliNS, "ip", "addr", "show", "dev", "wt"+rp.id); strings.Contains(out, "inet6") {
+		t.Errorf("the TUN has an IPv6 address:\n%s", out)
+	}
+	if strings.Count(p.output(), "IPv6 is off") != 1 {
+		t.Errorf("want one log line saying IPv6 is off:\n%s", p.output())
+	}
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+
+	conf = strings.Replace(conf, rpClient4.String()+"/32, ", "", 1)
+	p, _ = rp.startHostWarrenConf(conf)
+	e := p.waitLog(t, 20*time.Second, func(m map[string]any) bool { return m["to"] == "error" || m["to"] == "connected" })
+	detail, _ := e["detail"].(string)
+	if e["to"] != "error" || !strings.Contains(detail, "IPv6") {
+		t.Errorf("a config with IPv6 addresses only: %v, %v: %s; want an error that names IPv6", e["to"], e["cause"], detail)
+	}
+	p.stop(t, syscall.SIGTERM)
 }
