@@ -102,6 +102,7 @@ func goroot() string {
 	if r := os.Getenv("GOROOT"); r != "" {
 		return r
 	}
+	//lint:ignore SA1019 under sudo PATH may have no go; the toolchain that built the benchmark (go run) is the one wanted
 	return runtime.GOROOT()
 }
 

@@ -2,9 +2,11 @@ package config
 
 import (
 	"bytes"
+	"fmt"
 	"io/fs"
 	"net"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +15,30 @@ import (
 // fuzzSecret is the value of most environment variables in FuzzParse: it
 // must never show in a message unless the input itself holds it.
 const fuzzSecret = "Zq7fuzzSecretXw"
+
+// fuzzPlanted stands for a secret written out in a config: in the value of
+// a PrivateKey, PresharedKey or Password key, it must never show in a
+// message.
+const fuzzPlanted = "Zq7plantedSecretXw"
+
+// plantedSecret reports whether data holds fuzzPlanted once, in the value
+// of a secret's key.
+func plantedSecret(data []byte) bool {
+	if bytes.Count(data, []byte(fuzzPlanted)) != 1 {
+		return false
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		key, value, ok := strings.Cut(line, "=")
+		if !ok || !strings.Contains(value, fuzzPlanted) {
+			continue
+		}
+		switch strings.ToLower(strings.TrimSpace(key)) {
+		case "privatekey", "presharedkey", "password":
+			return true
+		}
+	}
+	return false
+}
 
 // fuzzOptions keep FuzzParse pure: a fixed environment, and a file system
 // with wg0.conf (a WGConfig file) and self.conf (the input itself, read as
@@ -44,8 +70,9 @@ func fuzzOptions(data []byte) ParseOptions {
 
 const wgFuzzFile = "[Interface]\nPrivateKey = $KEY\nAddress = 10.0.0.2\n[Peer]\nPublicKey = " + pub1B64 + "\nEndpoint = 192.0.2.1:51820\n"
 
-// FuzzParse: Parse never panics, a config it accepts holds what the package
-// promises, and no message shows an environment variable's value.
+// FuzzParse: Parse never panics and gives the same result every time, a
+// config it accepts holds what the package promises, and no message shows
+// an environment variable's value or a secret written out.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(fullConfig))
 	f.Add([]byte(withLine("interface", "")))
@@ -54,6 +81,9 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("WGConfig = wg0.conf\n[socks5]\nbindaddress = :1080\n[HTTP]\nBindAddress = 127.0.0.1:8118\nUsername = $USER\nPassword = ${PW}\n"))
 	f.Add([]byte("WGConfig = self.conf\n[Interface]\nPrivateKey = $KEY\n[Peer]\nAllowedIPs = $CIDR\n[TCPServerTunnel]\nListenPort = 22\nTarget = `[fe80::1%eth0]:22`\n"))
 	f.Add([]byte("CheckAlive = 1.1.1.1\n" + wgFuzzFile + "[TCPClientTunnel]\nBindAddress = \"[::1]:25565\" ; x\nTarget = $$x:1\n[STDIOTunnel]\nTarget = a:1\n"))
+	f.Add([]byte("[Interface]\nPrivateKey = " + fuzzPlanted + "\nAddress = 10.0.0.2\n[Peer]\nPublicKey = " + pub1B64 + "\nPresharedKey = x\nEndpoint = a:1\n"))
+	f.Add([]byte("[Interface]\nPrivateKey = " + privB64 + "\n[Peer]\nPresharedKey = \"" + fuzzPlanted + "\"\n"))
+	f.Add([]byte("WGConfig = wg0.conf\n[Socks5]\nBindAddress = :1080\nPassword = '" + fuzzPlanted + "' ; no user\n[http]\nBindAddress = :1\nUsername = u\nPassword = `p\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, warnings, err := fuzzOptions(data).Parse("fuzz.conf", data)
 		var shown []string
@@ -69,6 +99,17 @@ func FuzzParse(f *testing.F) {
 					t.Fatalf("a variable's value shows in %q", s)
 				}
 			}
+		}
+		if plantedSecret(data) {
+			for _, s := range shown {
+				if strings.Contains(s, fuzzPlanted) {
+					t.Fatalf("a secret written out shows in %q", s)
+				}
+			}
+		}
+		cfg2, warnings2, err2 := fuzzOptions(data).Parse("fuzz.conf", data)
+		if !reflect.DeepEqual(cfg, cfg2) || fmt.Sprint(warnings) != fmt.Sprint(warnings2) || fmt.Sprint(err) != fmt.Sprint(err2) {
+			t.Fatalf("parsed twice, two results:\n%+v %v %v\n%+v %v %v", cfg, warnings, err, cfg2, warnings2, err2)
 		}
 		if err != nil {
 			if cfg != nil {

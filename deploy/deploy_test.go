@@ -25,7 +25,6 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -243,7 +242,8 @@ func checkNoKeys(t *testing.T, file, text string) {
 func buildWarren(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "warren")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/warren-vpn/warren/cmd/warren")
+	// go test puts its own go first in PATH.
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/warren-vpn/warren/cmd/warren")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -1185,7 +1185,7 @@ func checkCompose(t *testing.T, file, text string, h *help) ([]*instance, summar
 		for _, v := range asList(svc["volumes"]) {
 			typ, src, target := "", "", ""
 			if m := asMap(v); m != nil {
-				typ, src, target = scalar(m["type"]), scalar(m["source"]), scalar(m["target"])
+				typ, target = scalar(m["type"]), scalar(m["target"])
 			} else {
 				// [SOURCE:]TARGET[:MODE]
 				parts := strings.Split(scalar(v), ":")

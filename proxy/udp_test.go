@@ -460,8 +460,17 @@ func FuzzParseDatagram(f *testing.F) {
 	f.Add(append(append([]byte{0, 0, 0, 4}, netip.MustParseAddr("fd77::1").AsSlice()...), 0, 7))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d, err := parseDatagram(b)
+		if len(b) >= 4 && b[2] != 0 && !errors.Is(err, errFragmented) {
+			t.Fatalf("a fragment (FRAG %d) not refused: %v", b[2], err)
+		}
 		if err != nil {
 			return
+		}
+		if d.host == "" || d.port == 0 {
+			t.Fatalf("%x: accepted with host %q, port %d", b, d.host, d.port)
+		}
+		if b[3] == 3 && d.host != string(b[5:5+int(b[4])]) {
+			t.Fatalf("%x: host %q", b, d.host)
 		}
 		// An address re-encodes to the same header (but for the ignored
 		// RSV, and IPv4-mapped IPv6 addresses, which become IPv4).

@@ -120,12 +120,6 @@ func (f *fakeTunnel) lastStart() (Attempt, Reporter) {
 	return f.starts[len(f.starts)-1], f.started[len(f.started)-1]
 }
 
-func (f *fakeTunnel) lastStop() Reporter {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.stopped[len(f.stopped)-1]
-}
-
 // recordingPolicy records every snapshot it is asked to apply, with what the
 // machine had published at that moment, and fails when fail says so.
 type recordingPolicy struct {

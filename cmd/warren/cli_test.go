@@ -75,7 +75,8 @@ func warrenBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "warren")
-		out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", binPath, ".").CombinedOutput()
+		// go test puts its own go first in PATH.
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

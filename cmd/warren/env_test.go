@@ -623,7 +623,7 @@ func TestUpFromEnvBinary(t *testing.T) {
 	p.waitLog(t, 15*time.Second, msg("tunnel connected"))
 
 	d, _ := xproxy.SOCKS5("tcp", socksAddr, &xproxy.Auth{User: "alice", Password: socksPassword}, xproxy.Direct)
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Dial: d.Dial}}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.(xproxy.ContextDialer).DialContext}}
 	resp, err := c.Get("http://" + demo.Name + "/")
 	if err != nil {
 		t.Fatalf("through the proxy, with the password from WARREN_SOCKS5_PASSWORD_FILE: %v", err)

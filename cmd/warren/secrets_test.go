@@ -76,7 +76,7 @@ func TestNoSecretsInLogsOrAPI(t *testing.T) {
 	// Traffic, with good and bad credentials.
 	for _, pass := range []string{socksPassword, "wrong"} {
 		d, _ := proxy.SOCKS5("tcp", socksAddr, &proxy.Auth{User: "alice", Password: pass}, proxy.Direct)
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Dial: d.Dial}}
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.(proxy.ContextDialer).DialContext}}
 		if resp, err := c.Get("http://" + demo.Name + "/"); err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
