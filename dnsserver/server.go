@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -34,6 +35,8 @@ const (
 // and TCP through a Resolver, so only ever through the tunnel. A query is
 // answered
 //
+//   - REFUSED at once if Allow does not allow its client (whose TCP
+//     connections are closed as they are accepted);
 //   - NOTIMP if its opcode is not QUERY, and FORMERR if it does not have
 //     exactly one question or cannot be parsed; a message too short for a
 //     DNS header, or that is itself a response, gets no answer;
@@ -41,8 +44,10 @@ const (
 //     blocked), even if the answer is cached;
 //   - REFUSED if the config names no DNS server, with a warning logged each
 //     time that becomes so, not for every query;
-//   - SERVFAIL if the servers fail or time out, or too many queries are in
-//     flight;
+//   - SERVFAIL if the servers fail or time out, or, at once, if the
+//     Resolver's MaxInFlight queries are in flight already (a passing
+//     overload, not a policy: a client may well try again, or another
+//     server), with a warning logged at most every 10 s;
 //   - otherwise with the servers' answer (or the cache's) under the
 //     client's ID.
 //
@@ -64,6 +69,12 @@ type Server struct {
 	// Observe, if set, learns every answer: its rcode, and whether it came
 	// from the cache. It is called from many goroutines.
 	Observe func(rcode int, cached bool)
+	// Allow, if set, says whether a client (its IP address, unmapped and
+	// without a zone) may ask; a query from any other is answered REFUSED,
+	// and its TCP connections are closed as they are accepted. nil allows
+	// every client. It is called once for each query, and once for each
+	// TCP connection as it is accepted, from many goroutines.
+	Allow func(client netip.Addr) bool
 
 	initOnce sync.Once
 	log      *slog.Logger
@@ -73,6 +84,9 @@ type Server struct {
 	// noServers is set once the warning that the config has no DNS server
 	// is logged, and cleared when a query finds servers again.
 	noServers atomic.Bool
+	// busyWarned is when the warning that too many queries are in flight
+	// was last logged, in Unix nanoseconds.
+	busyWarned atomic.Int64
 
 	// mu guards the fields below.
 	mu     sync.Mutex
@@ -270,7 +284,15 @@ func acceptQuery(h dns.Header) dns.MsgAcceptAction {
 func (s *Server) handler(network string) dns.Handler {
 	return dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		start := time.Now()
-		m, src, err := s.answer(q)
+		remote := w.RemoteAddr()
+		var m *dns.Msg
+		var src source
+		var err error
+		if s.allowed(clientIP(remote)) {
+			m, src, err = s.answer(q)
+		} else {
+			m, err = errorReply(q, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "client not allowed"), errNotAllowed
+		}
 		if s.Observe != nil {
 			s.Observe(m.Rcode, src == fromCache)
 		}
@@ -285,7 +307,11 @@ func (s *Server) handler(network string) dns.Handler {
 			if len(q.Question) > 0 {
 				name, qtype = q.Question[0].Name, dns.TypeToString[q.Question[0].Qtype]
 			}
-			attrs := []any{"net", network, "name", name, "type", qtype, "rcode", dns.RcodeToString[m.Rcode],
+			var client string
+			if remote != nil {
+				client = remote.String()
+			}
+			attrs := []any{"net", network, "client", client, "name", name, "type", qtype, "rcode", dns.RcodeToString[m.Rcode],
 				"cached", src == fromCache, "took", time.Since(start)}
 			if m.Truncated {
 				attrs = append(attrs, "truncated", true)
@@ -329,6 +355,10 @@ func (s *Server) answer(q *dns.Msg) (*dns.Msg, source, error) {
 		}
 		return errorReply(q, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "the tunnel's config has no DNS server"), src, err
 	case errors.Is(err, ErrTooManyQueries):
+		now := time.Now().UnixNano()
+		if last := s.busyWarned.Load(); now-last >= int64(busyWarnInterval) && s.busyWarned.CompareAndSwap(last, now) {
+			s.log.Warn("too many DNS queries in flight: answering SERVFAIL at once until some are answered")
+		}
 		return errorReply(q, dns.RcodeServerFailure, dns.ExtendedErrorCodeOther, "too many queries in flight"), src, err
 	default:
 		s.noServers.Store(false)
@@ -382,6 +412,11 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		if !l.s.allowed(clientIP(c.RemoteAddr())) {
+			l.s.log.Debug("client not allowed; disconnected", "net", "tcp", "client", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
 		tc := &trackedConn{Conn: c, s: l.s}
 		l.s.mu.Lock()
 		if l.s.killed {
@@ -392,6 +427,35 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		l.s.mu.Unlock()
 		return tc, nil
 	}
+}
+
+// busyWarnInterval is how often, at most, the server warns that too many
+// queries are in flight.
+const busyWarnInterval = 10 * time.Second
+
+// errNotAllowed is why a query from a client that Allow refuses is REFUSED.
+var errNotAllowed = errors.New("dnsserver: client not allowed")
+
+// allowed reports whether Allow lets client ask.
+func (s *Server) allowed(client netip.Addr) bool {
+	return s.Allow == nil || s.Allow(client)
+}
+
+// clientIP is the IP address of a client's net.Addr, unmapped and without
+// a zone; the zero Addr if it has none.
+func clientIP(addr net.Addr) netip.Addr {
+	var ap netip.AddrPort
+	switch addr := addr.(type) {
+	case *net.UDPAddr:
+		ap = addr.AddrPort()
+	case *net.TCPAddr:
+		ap = addr.AddrPort()
+	case nil:
+		return netip.Addr{}
+	default:
+		ap, _ = netip.ParseAddrPort(addr.String())
+	}
+	return ap.Addr().Unmap().WithZone("")
 }
 
 func transientAcceptError(err error) bool {

@@ -12,8 +12,8 @@ import (
 	"time"
 )
 
-// DefaultUDPIdleTimeout is how long a forwarded UDP session lives without
-// traffic either way.
+// DefaultUDPIdleTimeout is how long a forwarded UDP session, or a SOCKS5 UDP
+// association, lives without traffic either way.
 const DefaultUDPIdleTimeout = 2 * time.Minute
 
 // Forward is a port forward into the tunnel (--forward, wireproxy's
@@ -21,8 +21,10 @@ const DefaultUDPIdleTimeout = 2 * time.Minute
 // local UDP socket, go to Target inside the tunnel, through the gate.
 //
 // While the gate is blocked, a TCP connection is reset as soon as it is
-// accepted and a datagram is dropped. Target's host, if it is a name, is
-// resolved through the tunnel for each new connection or UDP session.
+// accepted and a datagram is dropped. So are a connection, and the
+// datagrams of a new UDP session, from a client that Admission does not
+// allow or that is over a limit of flows. Target's host, if it is a name,
+// is resolved through the tunnel for each new connection or UDP session.
 type Forward struct {
 	// Gate is how flows leave. Required.
 	Gate *Gate
@@ -37,8 +39,12 @@ type Forward struct {
 	DialTimeout time.Duration
 	// UDPIdleTimeout ends a UDP session (one local client address) after
 	// this long without a datagram either way; 0 means
-	// DefaultUDPIdleTimeout.
+	// DefaultUDPIdleTimeout, and a negative value never.
 	UDPIdleTimeout time.Duration
+	// Admission, if set, says which clients are served and bounds their
+	// flows: each TCP connection and UDP session holds a place while it
+	// lasts. nil serves every client, without bound.
+	Admission *Admission
 
 	initOnce sync.Once
 	log      *slog.Logger
@@ -127,17 +133,27 @@ func (f *Forward) ServeTCP(l net.Listener) error {
 	defer f.untrack(l, false)
 	defer l.Close()
 	return acceptLoop(l, f.isClosed, f.log, func(c net.Conn) bool {
+		release, err := f.Admission.Admit(c.RemoteAddr())
+		if err != nil {
+			f.Gate.observe("forward", err)
+			f.log.Debug("connection refused", "client", c.RemoteAddr().String(), "err", err)
+			abort(c)
+			return true
+		}
 		if !f.track(c, func() { c.Close() }, true) {
+			release()
 			c.Close()
 			return false
 		}
-		go f.forwardTCP(c)
+		go f.forwardTCP(c, release)
 		return true
 	})
 }
 
-func (f *Forward) forwardTCP(c net.Conn) {
+// forwardTCP forwards c, which holds the place admitted gives back.
+func (f *Forward) forwardTCP(c net.Conn, admitted func()) {
 	defer f.untrack(c, true)
+	defer admitted()
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), f.dialTimeout())
 	target, err := dialHost(ctx, f.Gate, f.Resolver, "tcp", f.host, f.port)
@@ -193,7 +209,13 @@ func (f *Forward) ServeUDP(pc net.PacketConn) error {
 		s := sessions[key]
 		mu.Unlock()
 		if s == nil {
-			if s, err = f.newUDPSession(pc, from); err != nil {
+			release, err := f.Admission.Admit(from)
+			if err != nil {
+				f.Gate.observe("forward-udp", err)
+				f.log.Debug("datagram dropped", "client", key, "err", err)
+				continue
+			}
+			if s, err = f.newUDPSession(pc, from, release); err != nil {
 				f.log.Debug("datagram dropped", "client", key, "err", err)
 				continue
 			}
@@ -221,19 +243,25 @@ type udpSession struct {
 	client net.Addr
 	tunnel net.Conn
 	last   chan struct{} // signalled on traffic, to push back the idle timeout
+	// release gives the session's place back to the Admission.
+	release func()
 }
 
-func (f *Forward) newUDPSession(local net.PacketConn, client net.Addr) (*udpSession, error) {
+// newUDPSession opens a session for client, which holds the place release
+// gives back: when the session ends, or at once if it cannot begin.
+func (f *Forward) newUDPSession(local net.PacketConn, client net.Addr, release func()) (*udpSession, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.dialTimeout())
 	defer cancel()
 	tunnel, err := dialHost(ctx, f.Gate, f.Resolver, "udp", f.host, f.port)
 	f.Gate.observe("forward-udp", err)
 	if err != nil {
+		release()
 		return nil, err
 	}
-	s := &udpSession{f: f, local: local, client: client, tunnel: tunnel, last: make(chan struct{}, 1)}
+	s := &udpSession{f: f, local: local, client: client, tunnel: tunnel, last: make(chan struct{}, 1), release: release}
 	if !f.track(s, func() { tunnel.Close() }, true) {
 		tunnel.Close()
+		release()
 		return nil, ErrServerClosed
 	}
 	f.log.Debug("UDP session", "client", client.String())
@@ -251,6 +279,7 @@ func (s *udpSession) touch() {
 // tunnel socket fails (the gate closed) or the forward is closed.
 func (s *udpSession) run() {
 	defer s.f.untrack(s, true)
+	defer s.release()
 	defer s.tunnel.Close()
 	idle := s.f.UDPIdleTimeout
 	if idle == 0 {
@@ -272,13 +301,20 @@ func (s *udpSession) run() {
 			s.local.WriteTo(buf[:n], s.client)
 		}
 	}()
-	timer := time.NewTimer(idle)
-	defer timer.Stop()
+	var timer *time.Timer
+	var expired <-chan time.Time // nil: the session never idles out
+	if idle > 0 {
+		timer = time.NewTimer(idle)
+		defer timer.Stop()
+		expired = timer.C
+	}
 	for {
 		select {
 		case <-s.last:
-			timer.Reset(idle)
-		case <-timer.C:
+			if timer != nil {
+				timer.Reset(idle)
+			}
+		case <-expired:
 			s.f.log.Debug("UDP session idle; closed", "client", s.client.String())
 			s.tunnel.Close()
 			<-done
@@ -350,6 +386,10 @@ type Expose struct {
 	Logger *slog.Logger
 	// DialTimeout bounds connecting to Target; 0 means DefaultDialTimeout.
 	DialTimeout time.Duration
+	// Admission, if set, bounds the connections' flows (each holds a place
+	// while it lasts); its AllowFrom does not apply, since they come from
+	// the tunnel. A connection over a limit is reset. nil: no bound.
+	Admission *Admission
 }
 
 // Run listens in the tunnel each time the gate opens, until ctx ends. It
@@ -423,6 +463,14 @@ func (e *Expose) Run(ctx context.Context) error {
 
 func (e *Expose) serve(ctx context.Context, c net.Conn, dial func(context.Context, string, string) (net.Conn, error), timeout time.Duration, log *slog.Logger) {
 	defer c.Close()
+	admitted, err := e.Admission.admit(c.RemoteAddr(), false)
+	if err != nil {
+		e.Gate.observe("expose", err)
+		log.Debug("connection refused", "from", c.RemoteAddr().String(), "err", err)
+		abort(c)
+		return
+	}
+	defer admitted()
 	release, err := e.Gate.Track(c)
 	if err != nil {
 		e.Gate.observe("expose", err)

@@ -143,12 +143,15 @@ func (g *Gate) observe(frontend string, err error) {
 
 // FlowOutcome names what came of a flow, for metrics: "accepted" when err
 // is nil, and otherwise why it was refused: "blocked" (the tunnel is not
-// up), "auth" (wrong or missing credentials), "resolve" (the name did not
-// resolve), "timeout", or "dial" (the destination refused or could not be
-// reached).
+// up), "auth" (wrong or missing credentials), "not-allowed" (the client's
+// address is not in the Admission's AllowFrom), "limit" or "client-limit"
+// (the Admission's limit of flows in all, or per client, is reached),
+// "resolve" (the name did not resolve), "timeout", or "dial" (the
+// destination refused or could not be reached).
 func FlowOutcome(err error) string {
 	var dnsErr *net.DNSError
 	var ne net.Error
+	var limit *LimitError
 	switch {
 	case err == nil:
 		return "accepted"
@@ -156,6 +159,12 @@ func FlowOutcome(err error) string {
 		return "blocked"
 	case errors.Is(err, errAuth):
 		return "auth"
+	case errors.Is(err, ErrNotAllowed):
+		return "not-allowed"
+	case errors.As(err, &limit) && limit.PerClient:
+		return "client-limit"
+	case errors.Is(err, ErrTooManyFlows):
+		return "limit"
 	case errors.As(err, &dnsErr):
 		return "resolve"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():

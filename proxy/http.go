@@ -42,6 +42,11 @@ const httpIdleTimeout = 2 * time.Minute
 // a dial that times out is 504. A request that is not for a proxy (GET /)
 // is 400. Every error body is one line of text/plain.
 //
+// A client that does not send its request headers within HandshakeTimeout
+// is disconnected. A client that Admission does not allow is disconnected
+// as it is accepted; a connection over a limit of flows has its request
+// answered 503, with the limit, and is closed.
+//
 // The client side is net/http's server; the upstream side is
 // httputil.ReverseProxy with an http.Transport that dials only through the
 // gate and never reads a proxy from the environment.
@@ -64,6 +69,11 @@ type HTTP struct {
 	// DialTimeout bounds resolving and connecting; 0 means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+	// Admission, if set, says which clients are served and bounds their
+	// flows: each client connection holds a place from accept to close
+	// (for a CONNECT, to the end of its tunnel). nil serves every client,
+	// without bound.
+	Admission *Admission
 
 	initOnce  sync.Once
 	log       *slog.Logger
@@ -123,6 +133,7 @@ func (s *HTTP) init() {
 			ReadHeaderTimeout:            timeout,
 			IdleTimeout:                  httpIdleTimeout,
 			ConnState:                    s.connState,
+			ConnContext:                  connRefusal,
 			DisableGeneralOptionsHandler: true, // OPTIONS * is not for us
 			Protocols:                    &http1,
 			ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -138,6 +149,9 @@ func (s *HTTP) Serve(l net.Listener) error {
 	if s.isClosed() {
 		l.Close()
 		return ErrServerClosed
+	}
+	if s.Admission != nil {
+		l = &admitListener{Listener: l, s: s}
 	}
 	err := s.srv.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
@@ -232,7 +246,7 @@ func (s *HTTP) connect(w http.ResponseWriter, r *http.Request) {
 		s.reply(w, r, http.StatusBadRequest, "warren: "+err.Error(), nil)
 		return
 	}
-	if !s.authorized(w, r) {
+	if !s.authorized(w, r) || s.overLimit(w, r, r.Host) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.dialTimeout())
@@ -327,7 +341,7 @@ func (s *HTTP) forward(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if !s.authorized(w, r) {
+	if !s.authorized(w, r) || s.overLimit(w, r, r.URL.Host) {
 		return
 	}
 	// Refuse at once while blocked, even if the transport holds an idle
@@ -467,6 +481,8 @@ func httpFailure(err error, dest string) (int, string) {
 		return http.StatusServiceUnavailable, "warren: " + blocked.Error()
 	case errors.Is(err, state.ErrBlocked):
 		return http.StatusServiceUnavailable, "warren: " + err.Error()
+	case errors.Is(err, ErrTooManyFlows):
+		return http.StatusServiceUnavailable, "warren: " + err.Error()
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.Is(err, syscall.ETIMEDOUT), errors.As(err, &dnsErr) && dnsErr.IsTimeout:
 		return http.StatusGatewayTimeout, "warren: timed out reaching " + dest
@@ -479,6 +495,99 @@ func httpFailure(err error, dest string) (int, string) {
 	}
 	return http.StatusBadGateway, fmt.Sprintf("warren: %s: %v", dest, err)
 }
+
+// overLimit reports whether r came on a connection over a limit of flows,
+// and answers it 503 if so.
+func (s *HTTP) overLimit(w http.ResponseWriter, r *http.Request, dest string) bool {
+	err, _ := r.Context().Value(refusalKey{}).(error)
+	if err == nil {
+		return false
+	}
+	s.Gate.observe("http", err)
+	w.Header().Set("Connection", "close")
+	code, msg := httpFailure(err, dest)
+	s.reply(w, r, code, msg, err)
+	return true
+}
+
+// refusalKey is the context key of a connection's refusal (an Admission's
+// *LimitError).
+type refusalKey struct{}
+
+// connRefusal is the server's ConnContext: it puts in a connection's
+// context the refusal that admitListener gave it, if any.
+func connRefusal(ctx context.Context, c net.Conn) context.Context {
+	if ac, ok := c.(*admittedConn); ok && ac.refusal != nil {
+		return context.WithValue(ctx, refusalKey{}, ac.refusal)
+	}
+	return ctx
+}
+
+// admitListener asks the server's Admission about every connection it
+// accepts: one from a client not allowed is closed at once; the others
+// are handed out as *admittedConn, which hold their place until closed,
+// or carry the refusal of a limit for the handler to answer.
+type admitListener struct {
+	net.Listener
+	s *HTTP
+}
+
+func (l *admitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		release, err := l.s.Admission.Admit(c.RemoteAddr())
+		if errors.Is(err, ErrNotAllowed) {
+			l.s.Gate.observe("http", err)
+			l.s.log.Debug("client not allowed; disconnected", "client", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
+		return &admittedConn{Conn: c, release: release, refusal: err}, nil
+	}
+}
+
+// admittedConn is a client connection that holds a place of an Admission
+// (release gives it back when the connection closes), or that a limit
+// refuses (refusal).
+type admittedConn struct {
+	net.Conn
+	release func() // nil if refused
+	refusal error
+}
+
+func (c *admittedConn) Close() error {
+	err := c.Conn.Close()
+	c.done()
+	return err
+}
+
+// Abort resets the connection, as abort does.
+func (c *admittedConn) Abort() {
+	abort(c.Conn)
+	c.done()
+}
+
+func (c *admittedConn) done() {
+	if c.release != nil {
+		c.release() // safe to call more than once
+	}
+}
+
+// CloseWrite half-closes the connection, if it can.
+func (c *admittedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("proxy: connection cannot half-close")
+}
+
+// ReadFrom and WriteTo let io.Copy use the connection's own (a
+// *net.TCPConn splices).
+func (c *admittedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
+func (c *admittedConn) WriteTo(w io.Writer) (int64, error)  { return io.Copy(w, c.Conn) }
 
 // writeRawHTTPError answers on a hijacked connection.
 func writeRawHTTPError(c net.Conn, code int, msg string) {

@@ -680,6 +680,9 @@ func TestFlowOutcome(t *testing.T) {
 		{&net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}, "resolve"},
 		{context.DeadlineExceeded, "timeout"},
 		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, "dial"},
+		{ErrNotAllowed, "not-allowed"},
+		{&LimitError{Limit: 4096}, "limit"},
+		{&LimitError{Limit: 512, PerClient: true}, "client-limit"},
 	} {
 		if got := FlowOutcome(tt.err); got != tt.want {
 			t.Errorf("FlowOutcome(%v) = %q, want %q", tt.err, got, tt.want)

@@ -20,7 +20,7 @@ import (
 
 // Defaults for SOCKS5's optional fields.
 const (
-	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultDialTimeout      = 30 * time.Second
 )
 
@@ -34,9 +34,12 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // gate is blocked, every CONNECT and ASSOCIATE is answered with reply 0x02
 // (connection not allowed by ruleset), at once or after the gate's Hold, and
 // its connection closed. BIND is answered 0x07 (command not supported). A
-// client that sends anything but SOCKS5, or wrong credentials, is
-// disconnected; other clients are not affected. See udp.go for how UDP
-// associations work.
+// client that sends anything but SOCKS5, or wrong credentials, or does not
+// finish its request within HandshakeTimeout, is disconnected; other
+// clients are not affected. A client that Admission does not allow is
+// disconnected as it is accepted; one over a limit of flows is answered
+// 0x02 too, once it has authenticated and sent its request. See udp.go for
+// how UDP associations work.
 //
 // The protocol itself is github.com/things-go/go-socks5's, with its name
 // resolution (which would use the host's resolver) and its dialing (which
@@ -59,6 +62,14 @@ type SOCKS5 struct {
 	// DialTimeout bounds resolving and connecting; 0 means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+	// Admission, if set, says which clients are served and bounds their
+	// flows: each connection holds a place from accept to close. nil
+	// serves every client, without bound.
+	Admission *Admission
+	// UDPIdleTimeout ends a UDP association, closing its control
+	// connection, after this long without a datagram either way; 0 means
+	// DefaultUDPIdleTimeout, and a negative value never.
+	UDPIdleTimeout time.Duration
 
 	initOnce sync.Once
 	srv      *socks5.Server
@@ -112,26 +123,65 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 	defer s.untrack(l, nil)
 	defer l.Close()
 	return acceptLoop(l, s.isClosed, s.log, func(c net.Conn) bool {
+		release, refusal := s.Admission.Admit(c.RemoteAddr())
+		if errors.Is(refusal, ErrNotAllowed) {
+			s.Gate.observe("socks5", refusal)
+			s.log.Debug("client not allowed; disconnected", "client", c.RemoteAddr().String())
+			c.Close()
+			return true
+		}
 		if !s.track(nil, c) {
+			if release != nil {
+				release()
+			}
 			c.Close()
 			return false
 		}
-		go s.serveConn(c)
+		go s.serveConn(c, release, refusal)
 		return true
 	})
 }
 
-func (s *SOCKS5) serveConn(c net.Conn) {
+// serveConn serves one client connection. If refusal is set (a limit is
+// reached), the client's request is answered with it; release, if set,
+// gives the connection's place back to the Admission.
+func (s *SOCKS5) serveConn(c net.Conn, release func(), refusal error) {
 	defer s.handlers.Done()
 	defer s.untrack(nil, c)
+	if release != nil {
+		defer release()
+	}
 	timeout := s.HandshakeTimeout
 	if timeout == 0 {
 		timeout = DefaultHandshakeTimeout
 	}
 	c.SetDeadline(time.Now().Add(timeout))
-	if err := s.srv.ServeConn(c); err != nil && !errors.Is(err, net.ErrClosed) {
+	served := c
+	if refusal != nil {
+		served = &refusedConn{Conn: c, err: refusal}
+	}
+	if err := s.srv.ServeConn(served); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("request failed", "client", c.RemoteAddr().String(), "err", err)
 	}
+}
+
+// refusedConn is a client connection whose request is to be refused with
+// err, once it has come: the client learns why.
+type refusedConn struct {
+	net.Conn
+	err error
+}
+
+// refusal returns the error a client's request is to be refused with, if
+// any, and ends the handshake's deadline: the request has come.
+func refusal(w io.Writer) error {
+	if rc, ok := w.(*refusedConn); ok {
+		return rc.err
+	}
+	if c, ok := w.(net.Conn); ok {
+		c.SetDeadline(time.Time{})
+	}
+	return nil
 }
 
 // transientAcceptError reports whether an Accept error passes by itself.
@@ -243,9 +293,13 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	if timeout == 0 {
 		timeout = DefaultDialTimeout
 	}
-	dctx, cancel := context.WithTimeout(ctx, timeout)
-	target, err := s.dial(dctx, dest)
-	cancel()
+	var target net.Conn
+	err := refusal(w)
+	if err == nil {
+		dctx, cancel := context.WithTimeout(ctx, timeout)
+		target, err = s.dial(dctx, dest)
+		cancel()
+	}
 	var release func()
 	if err == nil {
 		if release, err = s.Gate.Track(client); err != nil {
@@ -288,7 +342,7 @@ func (s *SOCKS5) dial(ctx context.Context, dest *statute.AddrSpec) (net.Conn, er
 func replyCode(err error) uint8 {
 	var dnsErr *net.DNSError
 	switch {
-	case errors.Is(err, state.ErrBlocked):
+	case errors.Is(err, state.ErrBlocked), errors.Is(err, ErrTooManyFlows):
 		return statute.RepRuleFailure
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return statute.RepConnectionRefused

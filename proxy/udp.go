@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	socks5 "github.com/things-go/go-socks5"
@@ -23,7 +24,9 @@ import (
 // tunnel, one per address family, opened through the gate when the first
 // datagram of that family is relayed. It lives as long as its TCP control
 // connection: when the client closes that connection, or the gate closes
-// and aborts it, every socket of the association is closed.
+// and aborts it, every socket of the association is closed. An association
+// that sees no datagram either way for UDPIdleTimeout ends too: warren
+// closes the control connection.
 //
 // Datagrams are accepted only from the client's IP address (the source of
 // the control connection), and from the port the client announced in its
@@ -111,6 +114,9 @@ func (s *SOCKS5) associate(ctx context.Context, w io.Writer, req *socks5.Request
 		s.log.Debug("associate refused", "client", ctrl.RemoteAddr().String(), "reply", rep, "err", err)
 		return socks5.SendReply(w, rep, nil)
 	}
+	if err := refusal(w); err != nil {
+		return refuse(err)
+	}
 	if err := s.Gate.Wait(ctx); err != nil {
 		return refuse(err)
 	}
@@ -135,6 +141,7 @@ func (s *SOCKS5) associate(ctx context.Context, w io.Writer, req *socks5.Request
 		relay:  relay,
 		client: remote.AddrPort(),
 		log:    s.log.With("client", remote.String()),
+		born:   time.Now(),
 	}
 	a.client = netip.AddrPortFrom(a.client.Addr().Unmap(), 0)
 	if dst := req.RawDestAddr; dst != nil && dst.Port != 0 {
@@ -148,8 +155,16 @@ func (s *SOCKS5) associate(ctx context.Context, w io.Writer, req *socks5.Request
 	}
 	s.log.Debug("associate", "client", remote.String(), "relay", relay.LocalAddr().String())
 	ctrl.SetDeadline(time.Time{})
+	a.touch()
 	a.wg.Add(1)
 	go a.fromClient()
+	if idle := s.UDPIdleTimeout; idle >= 0 {
+		if idle == 0 {
+			idle = DefaultUDPIdleTimeout
+		}
+		a.wg.Add(1)
+		go a.expire(ctrl, idle)
+	}
 	// The association lives until the control connection ends. Whatever
 	// the client sends on it now is meaningless, and dropped.
 	_, err = io.Copy(io.Discard, req.Reader)
@@ -163,7 +178,11 @@ type association struct {
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // fromClient and the fromTunnel goroutines
+	wg     sync.WaitGroup // fromClient, expire and the fromTunnel goroutines
+	// active is when a datagram last came from the client or the tunnel,
+	// as the time since born (monotonic, unlike a wall-clock time).
+	born   time.Time
+	active atomic.Int64
 
 	// client is where datagrams must come from. Its port is 0 until known;
 	// only fromClient writes it, and fromTunnel reads it under mu.
@@ -193,6 +212,7 @@ func (a *association) fromClient() {
 			a.log.Debug("datagram from a stranger dropped", "from", from.String())
 			continue
 		}
+		a.touch()
 		if client.Port() == 0 {
 			a.mu.Lock()
 			a.client = from
@@ -273,12 +293,38 @@ func (a *association) fromTunnel(pc net.PacketConn) {
 		if !ok {
 			continue
 		}
+		a.touch()
 		a.mu.Lock()
 		client := a.client
 		a.mu.Unlock()
 		out = append(appendDatagramHeader(out[:0], ua.AddrPort()), buf[:n]...)
 		if _, err := a.relay.WriteToUDPAddrPort(out, client); err != nil {
 			a.log.Debug("reply dropped", "from", ua.String(), "err", err)
+		}
+	}
+}
+
+// touch notes that a datagram came, either way.
+func (a *association) touch() { a.active.Store(int64(time.Since(a.born))) }
+
+// expire closes ctrl, and so ends the association, once no datagram has
+// come either way for idle; or returns when the association ends.
+func (a *association) expire(ctrl net.Conn, idle time.Duration) {
+	defer a.wg.Done()
+	timer := time.NewTimer(idle)
+	defer timer.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-timer.C:
+			if left := idle - (time.Since(a.born) - time.Duration(a.active.Load())); left > 0 {
+				timer.Reset(left)
+				continue
+			}
+			a.log.Debug("UDP association idle; closed", "idle", idle)
+			ctrl.Close()
+			return
 		}
 	}
 }

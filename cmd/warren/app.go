@@ -34,6 +34,7 @@ type appOptions struct {
 	exposes  []exposeSpec
 	probes   []netip.Addr  // extra verification targets
 	hold     time.Duration // how long a new flow may wait while connecting
+	limits   limitOptions
 	log      *slog.Logger
 	// load reads the configs again, for a reload; nil when they cannot be
 	// (the demo's is made in memory).
@@ -50,10 +51,28 @@ type appOptions struct {
 	lockdown bool
 }
 
+// limitOptions are the front-ends' limits and who may use them. Zero
+// fields mean the packages' defaults; a negative number, none (no limit,
+// no timeout, no cache).
+type limitOptions struct {
+	maxFlows, maxFlowsPerClient int
+	allowFrom                   []netip.Prefix // empty: every client
+	// allowUnauthenticatedRemote lets a proxy without credentials listen
+	// beyond loopback.
+	allowUnauthenticatedRemote     bool
+	handshakeTimeout               time.Duration
+	udpIdleTimeout                 time.Duration
+	dnsCacheEntries, dnsCacheBytes int
+	dnsMaxInFlight                 int
+}
+
 // listenSpec is one proxy listener.
 type listenSpec struct {
 	addr  string
 	creds *proxy.Credentials // nil: no authentication
+	// section names where a wireproxy file asks for it, for messages; ""
+	// for a flag's.
+	section string
 }
 
 // forwardSpec is one --forward (or [TCPClientTunnel]).
@@ -77,6 +96,7 @@ type app struct {
 	tunnel      *netstack.Tunnel
 	closeTunnel func() error // the tunnel's, or host mode's Close
 	gate        *proxy.Gate
+	admission   *proxy.Admission // shared by every front-end
 	resolver    *dnsserver.Resolver
 	services    []*service
 	// The addresses of the first SOCKS5 and HTTP proxies and of the DNS
@@ -182,6 +202,14 @@ func startApp(o appOptions) (a *app, err error) {
 	a.metrics = control.NewMetrics()
 	a.gate.Observe = a.metrics.Flow
 	a.resolver = dnsserver.NewResolver(a.gate, a.tunnel.DNS)
+	lim := o.limits
+	a.resolver.CacheEntries, a.resolver.CacheBytes, a.resolver.MaxInFlight = lim.dnsCacheEntries, lim.dnsCacheBytes, lim.dnsMaxInFlight
+	a.admission = &proxy.Admission{
+		AllowFrom:         lim.allowFrom,
+		MaxFlows:          lim.maxFlows,
+		MaxFlowsPerClient: lim.maxFlowsPerClient,
+		Logger:            o.log,
+	}
 
 	// Open every socket first.
 	type opened struct {
@@ -194,12 +222,18 @@ func startApp(o appOptions) (a *app, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("SOCKS5 proxy: %w", err)
 		}
+		if err := checkRemoteAuth("SOCKS5 proxy", "socks5", s, l.Addr(), lim.allowUnauthenticatedRemote); err != nil {
+			return nil, err
+		}
 		socks = append(socks, opened{s, l})
 	}
 	for _, s := range o.http {
 		l, err := ls.tcp(s.addr)
 		if err != nil {
 			return nil, fmt.Errorf("HTTP proxy: %w", err)
+		}
+		if err := checkRemoteAuth("HTTP proxy", "http", s, l.Addr(), lim.allowUnauthenticatedRemote); err != nil {
+			return nil, err
 		}
 		https = append(https, opened{s, l})
 	}
@@ -269,7 +303,8 @@ func startApp(o appOptions) (a *app, err error) {
 
 	// Nothing can fail from here on: start serving.
 	for _, s := range socks {
-		srv := &proxy.SOCKS5{Gate: a.gate, Resolver: a.resolver, Credentials: s.spec.creds, Logger: o.log}
+		srv := &proxy.SOCKS5{Gate: a.gate, Resolver: a.resolver, Credentials: s.spec.creds, Logger: o.log,
+			HandshakeTimeout: lim.handshakeTimeout, UDPIdleTimeout: lim.udpIdleTimeout, Admission: a.admission}
 		svc := a.add("SOCKS5 proxy on "+s.l.Addr().String(), srv.Shutdown)
 		svc.start(func() error { return srv.Serve(s.l) })
 		if a.socks5Addr == nil {
@@ -279,7 +314,8 @@ func startApp(o appOptions) (a *app, err error) {
 		o.log.Info("SOCKS5 proxy listening", "addr", s.l.Addr().String(), "auth", s.spec.creds != nil)
 	}
 	for _, s := range https {
-		srv := &proxy.HTTP{Gate: a.gate, Resolver: a.resolver, Credentials: s.spec.creds, Logger: o.log}
+		srv := &proxy.HTTP{Gate: a.gate, Resolver: a.resolver, Credentials: s.spec.creds, Logger: o.log,
+			HandshakeTimeout: lim.handshakeTimeout, Admission: a.admission}
 		svc := a.add("HTTP proxy on "+s.l.Addr().String(), srv.Shutdown)
 		svc.start(func() error { return srv.Serve(s.l) })
 		if a.httpAddr == nil {
@@ -295,7 +331,8 @@ func startApp(o appOptions) (a *app, err error) {
 		o.log.Info("DNS server listening", "addr", dnsUDP.LocalAddr().String(), "tcp", true)
 	}
 	for _, f := range fwds {
-		fwd := &proxy.Forward{Gate: a.gate, Resolver: a.resolver, Target: f.spec.target, Logger: o.log}
+		fwd := &proxy.Forward{Gate: a.gate, Resolver: a.resolver, Target: f.spec.target, Logger: o.log,
+			UDPIdleTimeout: lim.udpIdleTimeout, Admission: a.admission}
 		svc := a.add(fmt.Sprintf("forward %s=%s", f.spec.local, f.spec.target), fwd.Shutdown)
 		var protos []string
 		if f.l != nil {
@@ -310,7 +347,7 @@ func startApp(o appOptions) (a *app, err error) {
 		a.listening = append(a.listening, control.Listener{Name: "forward", Addr: f.spec.local + "=" + f.spec.target})
 	}
 	for _, e := range o.exposes {
-		ex := &proxy.Expose{Gate: a.gate, Port: e.port, Target: e.target, Logger: o.log}
+		ex := &proxy.Expose{Gate: a.gate, Port: e.port, Target: e.target, Logger: o.log, Admission: a.admission}
 		ctx, cancel := context.WithCancel(context.Background())
 		svc := a.add(fmt.Sprintf("expose %d=%s", e.port, e.target), func(context.Context) error {
 			cancel()
@@ -327,6 +364,30 @@ func startApp(o appOptions) (a *app, err error) {
 	a.startAPI(apis, o.apiToken)
 	warnNoDNS(o.configs, o.log)
 	return a, nil
+}
+
+// checkRemoteAuth refuses a proxy listener (spec, bound at bound) that asks
+// for no credentials and listens beyond loopback (on every address, say), where
+// anyone who can reach it could use the tunnel; unless allow
+// (--allow-unauthenticated-remote). kind and flag name the proxy in the
+// message ("SOCKS5 proxy", "socks5"), which says how to fix it.
+func checkRemoteAuth(kind, flag string, spec listenSpec, bound net.Addr, allow bool) error {
+	if spec.creds != nil || allow || isLoopback(bound) {
+		return nil
+	}
+	how := fmt.Sprintf("set --%s-user with --%s-password-file (or %s)", flag, flag, envName(flag+"-password"))
+	if spec.section != "" {
+		how = fmt.Sprintf("add Username and Password to %s, or %s", spec.section, how)
+	}
+	return fmt.Errorf("%s on %s: it has no authentication and listens beyond loopback, so anyone who can reach it could use the tunnel. "+
+		"Give it a user and password (%s), or listen on 127.0.0.1; or, if only trusted clients can reach it, give --allow-unauthenticated-remote (and consider --allow-from)",
+		kind, spec.addr, how)
+}
+
+// isLoopback reports whether a listener's address is a loopback address.
+func isLoopback(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // reload reads the configs again and, if they are all valid, hands them
@@ -433,6 +494,15 @@ func (a *app) startDNS(pc net.PacketConn, l net.Listener) {
 	srv := &dnsserver.Server{Resolver: a.resolver, Logger: a.log, Observe: func(rcode int, cached bool) {
 		a.metrics.DNSQuery(dns.RcodeToString[rcode], cached)
 	}}
+	if len(a.admission.AllowFrom) > 0 {
+		srv.Allow = func(client netip.Addr) bool {
+			if a.admission.Allowed(client) {
+				return true
+			}
+			a.metrics.Flow("dns", proxy.FlowOutcome(proxy.ErrNotAllowed))
+			return false
+		}
+	}
 	svc := a.add("DNS server on "+pc.LocalAddr().String(), srv.Shutdown)
 	svc.start(func() error { return srv.Serve(pc, l) })
 }

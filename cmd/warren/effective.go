@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/dnsserver"
+	"github.com/warren-vpn/warren/proxy"
 )
 
 // redactedValue stands for a secret that is set.
@@ -32,10 +35,61 @@ func logEffective(log *slog.Logger, src *wgSource, mode []any, o *appOptions) {
 		"hold", o.hold.String(),
 		"probes", orNone(probes.String()),
 	)
+	attrs = append(attrs, o.limits.logAttrs()...)
 	log.Info("effective configuration", attrs...)
 	for _, c := range o.configs {
 		log.Info("effective WireGuard config", wgConfigAttrs(c)...)
 	}
+}
+
+// logAttrs are the limits, for logEffective: as the flags give them, with
+// the defaults filled in.
+func (l *limitOptions) logAttrs() []any {
+	count := func(n, def int) string {
+		switch {
+		case n < 0:
+			return "none"
+		case n == 0:
+			n = def
+		}
+		return strconv.Itoa(n)
+	}
+	duration := func(d, def time.Duration) string {
+		switch {
+		case d < 0:
+			return "never"
+		case d == 0:
+			d = def
+		}
+		return d.String()
+	}
+	cacheSize := "none"
+	if b := byteSize(l.dnsCacheBytes); b >= 0 {
+		if b == 0 {
+			b = dnsserver.DefaultCacheBytes
+		}
+		cacheSize = b.String()
+	}
+	allow := prefixList(l.allowFrom)
+	return []any{
+		"max_flows", count(l.maxFlows, proxy.DefaultMaxFlows),
+		"max_flows_per_client", count(l.maxFlowsPerClient, proxy.DefaultMaxFlowsPerClient),
+		"allow_from", orDefault(allow.String(), "any"),
+		"allow_unauthenticated_remote", l.allowUnauthenticatedRemote,
+		"handshake_timeout", duration(l.handshakeTimeout, proxy.DefaultHandshakeTimeout),
+		"udp_idle_timeout", duration(l.udpIdleTimeout, proxy.DefaultUDPIdleTimeout),
+		"dns_cache_entries", count(l.dnsCacheEntries, dnsserver.DefaultCacheEntries),
+		"dns_cache_size", cacheSize,
+		"dns_max_inflight", count(l.dnsMaxInFlight, dnsserver.DefaultMaxInFlight),
+	}
+}
+
+// orDefault is s, or def if s is empty.
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // logAttrs are the mode and, in host mode, its settings, for logEffective.

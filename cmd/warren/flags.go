@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/warren-vpn/warren/config"
+	"github.com/warren-vpn/warren/dnsserver"
 	"github.com/warren-vpn/warren/proxy"
 )
 
@@ -123,6 +125,15 @@ type proxyFlags struct {
 	exposes                                exposeList
 	probes                                 addrList
 	hold                                   time.Duration
+
+	// Limits and access.
+	maxFlows, maxFlowsPerClient      int
+	handshakeTimeout, udpIdleTimeout time.Duration
+	allowFrom                        prefixList
+	allowUnauthenticatedRemote       bool
+	dnsCacheEntries                  int
+	dnsCacheSize                     byteSize
+	dnsMaxInFlight                   int
 }
 
 // off turns a listener off.
@@ -140,6 +151,120 @@ func (p *proxyFlags) register(fs *flag.FlagSet) {
 	fs.Var(&p.exposes, "expose", "TUNNEL_PORT=LOCAL_ADDR: listen on TUNNEL_PORT of warren's tunnel addresses and forward to LOCAL_ADDR on this host; repeat for more")
 	fs.Var(&p.probes, "probe", "IP address inside the tunnel that answers ping, used to verify the tunnel besides the config's DNS servers (comma-separated, or repeat the flag)")
 	fs.DurationVar(&p.hold, "hold", 0, "while connecting, how long a new connection waits for the tunnel before it is refused (e.g. 10s); 0 refuses at once")
+
+	fs.IntVar(&p.maxFlows, "max-flows", proxy.DefaultMaxFlows, "most flows open at once, over all clients: SOCKS5 and HTTP proxy connections, forwarded connections and UDP sessions; 0 for no limit")
+	fs.IntVar(&p.maxFlowsPerClient, "max-flows-per-client", proxy.DefaultMaxFlowsPerClient, "most flows open at once from one client IP address; 0 for no limit")
+	fs.DurationVar(&p.handshakeTimeout, "handshake-timeout", proxy.DefaultHandshakeTimeout, "how long a SOCKS5 or HTTP proxy client has to send its whole request (SOCKS5: greeting, authentication and request; HTTP: the headers) before it is disconnected")
+	fs.DurationVar(&p.udpIdleTimeout, "udp-idle-timeout", proxy.DefaultUDPIdleTimeout, "end a SOCKS5 UDP association, or a UDP forward's session, after this long without a datagram either way; 0 for never")
+	fs.Var(&p.allowFrom, "allow-from", "CIDR (or IP address): only clients from these addresses may use the SOCKS5 and HTTP proxies, the DNS server and the forwards; others are disconnected (DNS: REFUSED). Comma-separated, or repeat the flag. Default: every client that can reach the listeners")
+	fs.BoolVar(&p.allowUnauthenticatedRemote, "allow-unauthenticated-remote", false, "let the SOCKS5 or HTTP proxy listen on an address other than loopback without a user and password (without it, warren refuses to start so)")
+	p.dnsCacheSize = dnsserver.DefaultCacheBytes
+	fs.IntVar(&p.dnsCacheEntries, "dns-cache-entries", dnsserver.DefaultCacheEntries, "most answers the DNS cache holds; 0 turns the cache off")
+	fs.Var(&p.dnsCacheSize, "dns-cache-size", "most memory the DNS cache's answers take: bytes, or with KiB, MiB or GiB; 0 turns the cache off")
+	fs.IntVar(&p.dnsMaxInFlight, "dns-max-inflight", dnsserver.DefaultMaxInFlight, "most DNS queries asked of the tunnel's servers at once; a query beyond it is answered SERVFAIL at once")
+}
+
+// limits checks the limit flags and puts them into o.
+func (p *proxyFlags) limits(o *appOptions) error {
+	switch {
+	case p.maxFlows < 0:
+		return fmt.Errorf("--max-flows: %d is negative; give 0 for no limit", p.maxFlows)
+	case p.maxFlowsPerClient < 0:
+		return fmt.Errorf("--max-flows-per-client: %d is negative; give 0 for no limit", p.maxFlowsPerClient)
+	case p.handshakeTimeout <= 0:
+		return fmt.Errorf("--handshake-timeout: %v is not a positive duration", p.handshakeTimeout)
+	case p.udpIdleTimeout < 0:
+		return fmt.Errorf("--udp-idle-timeout: %v is negative; give 0 for never", p.udpIdleTimeout)
+	case p.dnsCacheEntries < 0:
+		return fmt.Errorf("--dns-cache-entries: %d is negative; give 0 to turn the cache off", p.dnsCacheEntries)
+	case p.dnsMaxInFlight < 1:
+		return fmt.Errorf("--dns-max-inflight: %d is less than 1", p.dnsMaxInFlight)
+	}
+	// 0 on the command line means none; in the packages, a negative value.
+	orNone := func(n int) int {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	o.limits = limitOptions{
+		maxFlows:                   orNone(p.maxFlows),
+		maxFlowsPerClient:          orNone(p.maxFlowsPerClient),
+		handshakeTimeout:           p.handshakeTimeout,
+		udpIdleTimeout:             p.udpIdleTimeout,
+		allowFrom:                  p.allowFrom,
+		allowUnauthenticatedRemote: p.allowUnauthenticatedRemote,
+		dnsCacheEntries:            orNone(p.dnsCacheEntries),
+		dnsCacheBytes:              orNone(int(p.dnsCacheSize)),
+		dnsMaxInFlight:             p.dnsMaxInFlight,
+	}
+	if p.udpIdleTimeout == 0 {
+		o.limits.udpIdleTimeout = -1
+	}
+	return nil
+}
+
+// prefixList is --allow-from: CIDR prefixes, or IP addresses (a prefix of
+// one address), comma-separated or repeated.
+type prefixList []netip.Prefix
+
+func (l *prefixList) String() string {
+	s := make([]string, len(*l))
+	for i, p := range *l {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *prefixList) Set(v string) error {
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		if a, err := netip.ParseAddr(f); err == nil && a.Zone() == "" {
+			*l = append(*l, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return fmt.Errorf("%q is not a CIDR prefix (e.g. 10.0.0.0/8) or an IP address", f)
+		}
+		*l = append(*l, p.Masked())
+	}
+	return nil
+}
+
+// byteSize is a flag holding a number of bytes: a number, or one with KiB,
+// MiB or GiB after it.
+type byteSize int
+
+// sizeUnits are byteSize's units, largest first.
+var sizeUnits = []struct {
+	suffix string
+	n      int
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}}
+
+func (b *byteSize) String() string {
+	for _, u := range sizeUnits {
+		if *b != 0 && int(*b)%u.n == 0 {
+			return strconv.Itoa(int(*b)/u.n) + u.suffix
+		}
+	}
+	return strconv.Itoa(int(*b))
+}
+
+func (b *byteSize) Set(v string) error {
+	num, mult := strings.TrimSpace(v), 1
+	for _, u := range sizeUnits {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.n
+			break
+		}
+	}
+	n, err := strconv.Atoi(num)
+	if err != nil || n < 0 || n > math.MaxInt32/mult {
+		return fmt.Errorf("%q is not a size: bytes, or a number with KiB, MiB or GiB (e.g. 4MiB)", v)
+	}
+	*b = byteSize(n * mult)
+	return nil
 }
 
 // given returns the names of the flags set on the command line or by their
@@ -171,8 +296,12 @@ func (p *proxyFlags) frontends(o *appOptions, set map[string]bool, first *config
 	if first != nil && first.Wireproxy {
 		fe = first.Frontends
 	}
-	o.socks5 = proxyListeners(p.socks5, set["socks5"] || first == nil || !first.Wireproxy, fe.SOCKS5, socksCreds)
-	o.http = proxyListeners(p.http, set["http"] || first == nil || !first.Wireproxy, fe.HTTP, httpCreds)
+	var path string
+	if first != nil {
+		path = first.Path
+	}
+	o.socks5 = proxyListeners(p.socks5, set["socks5"] || first == nil || !first.Wireproxy, fe.SOCKS5, socksCreds, "[Socks5]", path)
+	o.http = proxyListeners(p.http, set["http"] || first == nil || !first.Wireproxy, fe.HTTP, httpCreds, "[http]", path)
 	if p.dns != off && p.dns != "" {
 		o.dns, o.dnsSoft = p.dns, !set["dns"]
 	}
@@ -185,12 +314,13 @@ func (p *proxyFlags) frontends(o *appOptions, set map[string]bool, first *config
 		o.exposes = append(o.exposes, exposeSpec{port: e.ListenPort, target: e.Target})
 	}
 	o.probes, o.hold = p.probes, p.hold
-	return nil
+	return p.limits(o)
 }
 
 // proxyListeners returns the listeners of one kind of proxy: the flag's if
-// it rules, else the file's. creds, from the flags, override the file's.
-func proxyListeners(flagAddr string, flagRules bool, fromFile []config.ProxyListener, creds *proxy.Credentials) []listenSpec {
+// it rules, else the file's (those of section in the file at path). creds,
+// from the flags, override the file's.
+func proxyListeners(flagAddr string, flagRules bool, fromFile []config.ProxyListener, creds *proxy.Credentials, section, path string) []listenSpec {
 	if flagRules {
 		if flagAddr == off || flagAddr == "" {
 			return nil
@@ -199,7 +329,7 @@ func proxyListeners(flagAddr string, flagRules bool, fromFile []config.ProxyList
 	}
 	var specs []listenSpec
 	for _, l := range fromFile {
-		s := listenSpec{addr: l.BindAddress, creds: creds}
+		s := listenSpec{addr: l.BindAddress, creds: creds, section: fmt.Sprintf("the %s section of %s (line %d)", section, path, l.Line)}
 		if s.creds == nil && l.Username != "" {
 			s.creds = &proxy.Credentials{User: l.Username, Password: string(l.Password)}
 		}

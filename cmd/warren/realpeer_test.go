@@ -392,7 +392,9 @@ func (rp *realPeer) startWarren(extra ...string) (*process, string) {
 		rp.t.Fatal(err)
 	}
 	addr := netip.AddrPortFrom(rp.ctlCli, socks5Port).String()
-	args := append([]string{"up", "-c", conf, "--socks5", addr, "--http", rp.httpAddr(), "--dns", rp.dnsAddr()}, extra...)
+	// The proxies listen on the control link, not loopback, without
+	// credentials: the test's namespaces are all there is on that link.
+	args := append([]string{"up", "-c", conf, "--socks5", addr, "--http", rp.httpAddr(), "--dns", rp.dnsAddr(), "--allow-unauthenticated-remote"}, extra...)
 	p := startWarrenIn(rp.t, rp.cliNS, args...)
 	p.waitLog(rp.t, 10*time.Second, msg("SOCKS5 proxy listening"))
 	return p, addr
@@ -714,7 +716,7 @@ func TestRealPeerNoLeakWhenNotConnected(t *testing.T) {
 	os.WriteFile(conf, []byte(strings.Replace(rp.clientConfig(), "DNS =", "ListenPort = 9\nDNS =", 1)), 0o600)
 	holder := rp.holdUDPPort(9)
 	defer holder()
-	p2 := startWarrenIn(t, rp.cliNS, "up", "-c", conf, "--socks5", addr)
+	p2 := startWarrenIn(t, rp.cliNS, "up", "-c", conf, "--socks5", addr, "--allow-unauthenticated-remote")
 	e := p2.waitLog(t, 20*time.Second, toState("error"))
 	t.Logf("error: cause %v: %v", e["cause"], e["detail"])
 	if e["cause"] != "tunnel-device" {
