@@ -53,7 +53,7 @@ Usage:
   warren reconnect            ... to tear the tunnel down and connect again
   warren reload               ... to read its config again (SIGHUP does too)
   warren healthcheck          exit 0 iff the running warren is ready (for HEALTHCHECK)
-  warren down                 remove what a killed host-mode warren left (firewall, routes, TUN)
+  warren down                 remove what a host-mode warren left: killed, or stopped with --lockdown
   warren version              print version information
 
 The commands that talk to a running warren take --api unix:PATH|tcp:ADDR
