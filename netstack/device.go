@@ -274,17 +274,36 @@ func (d *Device) DialTCP(ctx context.Context, to netip.AddrPort) (*TCPConn, erro
 		ep.Close()
 		return nil, opError("dial", "tcp", to, e)
 	}
-	return &TCPConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep}, nil
+	return &TCPConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep, wq: &wq}, nil
 }
 
 // TCPConn is a TCP connection through the tunnel.
 type TCPConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
+	wq *waiter.Queue
 }
 
 // Abort resets the connection (an RST rather than a FIN) and releases it.
 func (c *TCPConn) Abort() { c.ep.Abort() }
+
+// WaitReadable blocks until a Read would not block: there is data to read,
+// the peer has closed its side, or the connection has failed or been
+// closed. It ignores deadlines. A relay waits with it before it takes a
+// buffer to read into, so that an idle connection holds none.
+func (c *TCPConn) WaitReadable() error {
+	const mask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	if c.ep.Readiness(mask) != 0 {
+		return nil
+	}
+	entry, notify := waiter.NewChannelEntry(mask)
+	c.wq.EventRegister(&entry)
+	defer c.wq.EventUnregister(&entry)
+	for c.ep.Readiness(mask) == 0 {
+		<-notify
+	}
+	return nil
+}
 
 // DialUDP opens a connected UDP socket through the tunnel.
 func (d *Device) DialUDP(to netip.AddrPort) (net.Conn, error) {

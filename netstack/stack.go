@@ -27,8 +27,9 @@ const (
 	// batchSize is how many packets one Read hands to wireguard-go, which
 	// encrypts and sends them as a batch.
 	batchSize = 64
-	// queueLen is how many outbound packets the stack may queue for
-	// wireguard-go before it drops (TCP then backs off).
+	// queueLen is how many outbound packets (each TCP one a GSO segment of
+	// up to 64 KiB, see offload.go) the stack may queue for wireguard-go
+	// before it drops (TCP then backs off).
 	queueLen = 1024
 
 	// TCP buffer sizes. gVisor's defaults (1 MiB max) cap a single stream's
@@ -36,6 +37,12 @@ const (
 	// auto-tuned up to its maximum.
 	tcpRecvBufMax = 8 << 20
 	tcpSendBufMax = 6 << 20
+
+	// tcpCongestionControl is CUBIC, whose HyStart leaves slow start when
+	// the round trip grows, that is when packets queue inside warren for
+	// wireguard-go; gVisor's default, Reno, grows until a loss, and each
+	// packet queued pins one of wireguard-go's 64 KiB buffers.
+	tcpCongestionControl = "cubic"
 )
 
 // tunStack is a tun.Device whose other side is a gVisor network stack: what
@@ -56,6 +63,15 @@ type tunStack struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// out is the packet Read is handing out; only Read touches it
+	// (wireguard-go reads from one goroutine). What is left in it when the
+	// device closes is left to the garbage collector.
+	out outPacket
+
+	// inbound holds the *inbound of Writes: one per Write in progress, as
+	// wireguard-go writes from one goroutine per peer.
+	inbound sync.Pool
+
 	// closeMu guards closed; Write holds it for reading while it injects.
 	closeMu sync.RWMutex
 	closed  bool
@@ -73,6 +89,10 @@ func newTunStack(addrs []netip.Prefix, mtu int) (ts *tunStack, err error) {
 		HandleLocal:        true,
 	})
 	ep := channel.New(queueLen, uint32(mtu), "")
+	// Segmentation offload both ways (see offload.go); what WireGuard
+	// decrypted is what the peer sent (see Write).
+	ep.SupportedGSOKind = stack.HostGSOSupported
+	ep.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -82,7 +102,9 @@ func newTunStack(addrs []netip.Prefix, mtu int) (ts *tunStack, err error) {
 	}()
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	cc := tcpip.CongestionControlOption(tcpCongestionControl)
 	opts := []tcpip.SettableTransportProtocolOption{
+		&cc,
 		&sack,
 		&moderate,
 		&tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: tcpRecvBufMax},
@@ -93,10 +115,11 @@ func newTunStack(addrs []netip.Prefix, mtu int) (ts *tunStack, err error) {
 			return nil, fmt.Errorf("netstack: set TCP option %T: %v", o, e)
 		}
 	}
-	if e := s.CreateNIC(nicID, ep); e != nil {
+	if e := s.CreateNIC(nicID, linkEndpoint{ep}); e != nil {
 		return nil, fmt.Errorf("netstack: create NIC: %v", e)
 	}
 	ts = &tunStack{stack: s, ep: ep, mtu: mtu, events: make(chan tun.Event, 1)}
+	ts.inbound.New = func() any { return newInbound(ep.InjectInbound) }
 	for _, p := range addrs {
 		proto := tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
 		if p.Addr().Is6() {
@@ -135,41 +158,46 @@ func (ts *tunStack) BatchSize() int           { return batchSize }
 func (ts *tunStack) Events() <-chan tun.Event { return ts.events }
 
 // Read hands wireguard-go the packets the stack wants to send: it blocks for
-// the first and takes whatever else is already queued, up to len(bufs).
+// the first and takes whatever else is already queued, up to len(bufs). A
+// GSO segment is cut into packets of the MTU (see offload.go), and what
+// does not fit in bufs is left for the next Read.
 func (ts *tunStack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	pkt := ts.ep.ReadContext(ts.ctx)
-	if pkt == nil {
-		return 0, os.ErrClosed
-	}
 	n := 0
-	for {
-		sizes[n] = copyPacket(bufs[n][offset:], pkt)
-		pkt.DecRef()
-		n++
-		if n == len(bufs) {
-			return n, nil
+	for n < len(bufs) {
+		if ts.out.pkt == nil {
+			var pkt *stack.PacketBuffer
+			if n == 0 {
+				if pkt = ts.ep.ReadContext(ts.ctx); pkt == nil {
+					return 0, os.ErrClosed
+				}
+			} else if pkt = ts.ep.Read(); pkt == nil {
+				break
+			}
+			ts.out.start(pkt)
 		}
-		if pkt = ts.ep.Read(); pkt == nil {
-			return n, nil
+		n += ts.out.next(bufs[n:], sizes[n:], offset)
+		if ts.out.done() {
+			ts.out.release()
 		}
 	}
+	return n, nil
 }
 
-func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
-	n := 0
-	for _, s := range pkt.AsSlices() {
-		n += copy(dst[n:], s)
-	}
-	return n
-}
-
-// Write injects packets from the peer into the stack.
+// Write injects packets from the peer into the stack. Their TCP, UDP and
+// ICMP checksums are not checked again: WireGuard authenticated each packet
+// as the peer sent it, which is why the kernel's WireGuard marks what it
+// decrypts CHECKSUM_UNNECESSARY. An IPv4 header's checksum is checked here,
+// before GRO changes the header.
 func (ts *tunStack) Write(bufs [][]byte, offset int) (int, error) {
 	ts.closeMu.RLock()
 	defer ts.closeMu.RUnlock()
 	if ts.closed {
 		return 0, os.ErrClosed
 	}
+	// gVisor's GRO merges consecutive TCP segments of a flow in the batch,
+	// and flush delivers everything to the stack.
+	in := ts.inbound.Get().(*inbound)
+	defer ts.inbound.Put(in)
 	for _, b := range bufs {
 		pkt := b[offset:]
 		if len(pkt) == 0 {
@@ -179,15 +207,23 @@ func (ts *tunStack) Write(bufs [][]byte, offset int) (int, error) {
 		switch pkt[0] >> 4 {
 		case 4:
 			proto = header.IPv4ProtocolNumber
+			if h := header.IPv4(pkt); len(pkt) < header.IPv4MinimumSize ||
+				int(h.HeaderLength()) > len(pkt) || !h.IsChecksumValid() {
+				continue
+			}
 		case 6:
 			proto = header.IPv6ProtocolNumber
 		default:
+			in.flush()
 			return 0, syscall.EAFNOSUPPORT
 		}
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-		ts.ep.InjectInbound(proto, pb)
+		pb.NetworkProtocolNumber = proto
+		pb.RXChecksumValidated = true
+		in.gro.Enqueue(pb)
 		pb.DecRef()
 	}
+	in.flush()
 	return len(bufs), nil
 }
 

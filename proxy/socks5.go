@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -322,7 +323,11 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 		return err
 	}
 	client.SetDeadline(time.Time{})
-	return relay(client, req.Reader, target)
+	fromClient := req.Reader
+	if br, ok := fromClient.(*bufio.Reader); ok {
+		fromClient = &readAhead{r: br, c: client} // go-socks5's, over client
+	}
+	return relay(client, fromClient, target)
 }
 
 // dial dials dest through the gate, resolving a name through the tunnel.
@@ -366,32 +371,39 @@ func boundAddr(c net.Conn) net.Addr {
 
 // relay copies both ways until both are done. A direction that ends cleanly
 // half-closes the other side, or closes both if that side cannot half-close;
-// an error on either side resets both (see abort).
+// an error on either side resets both (see abort). It copies one way in
+// the calling goroutine and the other in one more, through buffers that an
+// idle connection does not hold (see copyPooled).
 func relay(client net.Conn, fromClient io.Reader, target net.Conn) error {
-	errc := make(chan error, 2)
+	var (
+		once  sync.Once
+		first error
+	)
 	pipe := func(dst net.Conn, src io.Reader) {
-		_, err := io.Copy(dst, src)
+		err := copyPooled(dst, src)
 		if err == nil {
 			cw, ok := dst.(interface{ CloseWrite() error })
 			if !ok || cw.CloseWrite() != nil {
 				client.Close()
 				target.Close()
 			}
+			return
 		}
-		errc <- err
-	}
-	go pipe(target, fromClient)
-	go pipe(client, target)
-	var first error
-	for range 2 {
-		if err := <-errc; err != nil && first == nil {
+		once.Do(func() {
 			// A flow cut on one side is reset on the other, so that a
 			// cut download never looks like a complete one.
 			first = err
 			abort(client)
 			abort(target)
-		}
+		})
 	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pipe(target, fromClient)
+	}()
+	pipe(client, target)
+	<-done
 	return first
 }
 

@@ -74,6 +74,12 @@ that holds X (WARREN_PRIVATE_KEY_FILE, WARREN_API_TOKEN_FILE, ...).
 `
 
 func main() {
+	if addr := os.Getenv(envPprof); addr != "" {
+		if err := servePprof(addr); err != nil {
+			fmt.Fprintf(os.Stderr, "warren: %v\n", err)
+			os.Exit(2)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
