@@ -500,7 +500,11 @@ func (t *topology) startWarren(ctx context.Context, cfg config) error {
 		return err
 	}
 	args := []string{t.warrenBin, "up", "-c", conf, "--api", "unix:" + t.api, "--socks5", warrenSOCKS5, "--dns", warrenDNS}
-	p, err := t.start("warren", t.warNS, nil, false, append(args, cfg.warrenArgs...)...)
+	// The scale phase holds 10,000 connections from one client, beyond
+	// warren's default limits on flows; the variables lift them (a warren
+	// from before the limits ignores them, and -warren-args still wins).
+	env := []string{"WARREN_MAX_FLOWS=0", "WARREN_MAX_FLOWS_PER_CLIENT=0"}
+	p, err := t.start("warren", t.warNS, env, false, append(args, cfg.warrenArgs...)...)
 	if err != nil {
 		return err
 	}
