@@ -34,7 +34,9 @@ func TestServerAllow(t *testing.T) {
 	var mu sync.Mutex
 	var asked []netip.Addr
 	h := newHarness(t, func(h *harness) {
-		h.srv.Allow = func(client netip.Addr) bool {
+		h.srv.Allow = func(addr net.Addr) bool {
+			ap, _ := netip.ParseAddrPort(addr.String())
+			client := ap.Addr()
 			mu.Lock()
 			asked = append(asked, client)
 			mu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -69,12 +68,12 @@ type Server struct {
 	// Observe, if set, learns every answer: its rcode, and whether it came
 	// from the cache. It is called from many goroutines.
 	Observe func(rcode int, cached bool)
-	// Allow, if set, says whether a client (its IP address, unmapped and
-	// without a zone) may ask; a query from any other is answered REFUSED,
-	// and its TCP connections are closed as they are accepted. nil allows
+	// Allow, if set, says whether a client (its address) may ask; a query
+	// from any other is answered REFUSED, and its TCP connections are
+	// closed as they are accepted. nil allows
 	// every client. It is called once for each query, and once for each
 	// TCP connection as it is accepted, from many goroutines.
-	Allow func(client netip.Addr) bool
+	Allow func(client net.Addr) bool
 
 	initOnce sync.Once
 	log      *slog.Logger
@@ -288,7 +287,7 @@ func (s *Server) handler(network string) dns.Handler {
 		var m *dns.Msg
 		var src source
 		var err error
-		if s.allowed(clientIP(remote)) {
+		if s.allowed(remote) {
 			m, src, err = s.answer(q)
 		} else {
 			m, err = errorReply(q, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "client not allowed"), errNotAllowed
@@ -412,7 +411,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !l.s.allowed(clientIP(c.RemoteAddr())) {
+		if !l.s.allowed(c.RemoteAddr()) {
 			l.s.log.Debug("client not allowed; disconnected", "net", "tcp", "client", c.RemoteAddr().String())
 			c.Close()
 			continue
@@ -437,25 +436,8 @@ const busyWarnInterval = 10 * time.Second
 var errNotAllowed = errors.New("dnsserver: client not allowed")
 
 // allowed reports whether Allow lets client ask.
-func (s *Server) allowed(client netip.Addr) bool {
+func (s *Server) allowed(client net.Addr) bool {
 	return s.Allow == nil || s.Allow(client)
-}
-
-// clientIP is the IP address of a client's net.Addr, unmapped and without
-// a zone; the zero Addr if it has none.
-func clientIP(addr net.Addr) netip.Addr {
-	var ap netip.AddrPort
-	switch addr := addr.(type) {
-	case *net.UDPAddr:
-		ap = addr.AddrPort()
-	case *net.TCPAddr:
-		ap = addr.AddrPort()
-	case nil:
-		return netip.Addr{}
-	default:
-		ap, _ = netip.ParseAddrPort(addr.String())
-	}
-	return ap.Addr().Unmap().WithZone("")
 }
 
 func transientAcceptError(err error) bool {

@@ -136,7 +136,7 @@ func (a *Admission) admit(client net.Addr, checkAllow bool) (release func(), err
 		return func() {}, nil
 	}
 	a.init()
-	ip := clientIP(client)
+	ip := ClientIP(client)
 	if checkAllow && !a.Allowed(ip) {
 		return nil, ErrNotAllowed
 	}
@@ -194,9 +194,9 @@ func (a *Admission) release(ip netip.Addr) {
 	}
 }
 
-// clientIP is the IP address of a client's net.Addr, unmapped and without
+// ClientIP is the IP address of a client's net.Addr, unmapped and without
 // a zone; the zero Addr if it has none (a net.Pipe, say).
-func clientIP(addr net.Addr) netip.Addr {
+func ClientIP(addr net.Addr) netip.Addr {
 	var ap netip.AddrPort
 	switch addr := addr.(type) {
 	case *net.TCPAddr:

@@ -495,8 +495,8 @@ func (a *app) startDNS(pc net.PacketConn, l net.Listener) {
 		a.metrics.DNSQuery(dns.RcodeToString[rcode], cached)
 	}}
 	if len(a.admission.AllowFrom) > 0 {
-		srv.Allow = func(client netip.Addr) bool {
-			if a.admission.Allowed(client) {
+		srv.Allow = func(client net.Addr) bool {
+			if a.admission.Allowed(proxy.ClientIP(client)) {
 				return true
 			}
 			a.metrics.Flow("dns", proxy.FlowOutcome(proxy.ErrNotAllowed))
