@@ -208,13 +208,7 @@ func (p *proxyFlags) limits(o *appOptions) error {
 // one address), comma-separated or repeated.
 type prefixList []netip.Prefix
 
-func (l *prefixList) String() string {
-	s := make([]string, len(*l))
-	for i, p := range *l {
-		s[i] = p.String()
-	}
-	return strings.Join(s, ",")
-}
+func (l *prefixList) String() string { return joinStrings(*l) }
 
 func (l *prefixList) Set(v string) error {
 	for _, f := range strings.Split(v, ",") {
@@ -456,13 +450,7 @@ func checkHostPort(s string, listen bool) error {
 // addrList is a flag holding IP addresses, comma-separated or repeated.
 type addrList []netip.Addr
 
-func (l *addrList) String() string {
-	s := make([]string, len(*l))
-	for i, a := range *l {
-		s[i] = a.String()
-	}
-	return strings.Join(s, ",")
-}
+func (l *addrList) String() string { return joinStrings(*l) }
 
 func (l *addrList) Set(v string) error {
 	for _, f := range strings.Split(v, ",") {

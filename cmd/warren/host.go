@@ -38,13 +38,7 @@ func (f *hostFlags) register(fs *flag.FlagSet) {
 // default), comma-separated or repeated.
 type serverList []netip.AddrPort
 
-func (l *serverList) String() string {
-	s := make([]string, len(*l))
-	for i, a := range *l {
-		s[i] = a.String()
-	}
-	return strings.Join(s, ",")
-}
+func (l *serverList) String() string { return joinStrings(*l) }
 
 func (l *serverList) Set(v string) error {
 	for _, f := range strings.Split(v, ",") {
