@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -281,14 +280,13 @@ func (s *HTTP) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.removeTunnel(client)
 	client.SetDeadline(time.Time{})
-	// Bytes the client sent after the request (a TLS ClientHello, say)
-	// may already be in the server's buffer.
-	early, _ := buf.Reader.Peek(buf.Reader.Buffered())
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
 	s.logRequest(r, http.StatusOK, nil)
-	relay(client, io.MultiReader(bytes.NewReader(early), client), target)
+	// Bytes the client sent after the request (a TLS ClientHello, say)
+	// may already be in the server's buffer: they go first.
+	relay(client, &readAhead{r: buf.Reader, c: client}, target)
 }
 
 // connectTarget returns the host and port a CONNECT request asks for.
@@ -583,6 +581,9 @@ func (c *admittedConn) CloseWrite() error {
 	}
 	return errors.New("proxy: connection cannot half-close")
 }
+
+// WaitReadable waits for the client's socket (see readWaiter).
+func (c *admittedConn) WaitReadable() error { return waitReadable(c.Conn) }
 
 // ReadFrom and WriteTo let io.Copy use the connection's own (a
 // *net.TCPConn splices).
