@@ -22,14 +22,7 @@ import (
 // A connected tunnel whose peer falls silent is reported Down within
 // DownAfterSilence (plus a tick) of the last packet received.
 func TestTunnelDownWhenPeerFallsSilent(t *testing.T) {
-	srv := startDemo(t)
-	tun := netstack.NewTunnel(netstack.TunnelOptions{})
-	defer tun.Close()
-	r := newReporter()
-	tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
-	if e := r.next(t, 10*time.Second); e.kind != "up" {
-		t.Fatalf("got %+v", e)
-	}
+	srv, tun, r := upTunnel(t)
 	srv.SetBlackhole(true)
 	silent := time.Now()
 	// Something tries to use the tunnel: data sent, nothing comes back.

@@ -104,6 +104,21 @@ func startDemo(t *testing.T) *demo.Server {
 	return s
 }
 
+// upTunnel starts a demo peer and a tunnel to it, waits until the tunnel
+// is up, and closes both when the test ends.
+func upTunnel(t *testing.T) (*demo.Server, *netstack.Tunnel, *reporter) {
+	t.Helper()
+	srv := startDemo(t)
+	tun := netstack.NewTunnel(netstack.TunnelOptions{})
+	t.Cleanup(func() { tun.Close() })
+	r := newReporter()
+	tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
+	if e := r.next(t, 10*time.Second); e.kind != "up" {
+		t.Fatalf("got %+v, want up", e)
+	}
+	return srv, tun, r
+}
+
 func attempt(cfg *config.Config, d time.Duration) state.Attempt {
 	return state.Attempt{Config: cfg, Deadline: time.Now().Add(d)}
 }
@@ -288,14 +303,7 @@ func TestTunnelStartReplacesPreviousRun(t *testing.T) {
 // Bulk transfers both ways, over IPv4 and IPv6, arrive whole: the segments
 // that the stacks cut and merge (offload.go) carry the right bytes.
 func TestTunnelBulkTransfer(t *testing.T) {
-	srv := startDemo(t)
-	tun := netstack.NewTunnel(netstack.TunnelOptions{})
-	defer tun.Close()
-	r := newReporter()
-	tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
-	if e := r.next(t, 10*time.Second); e.kind != "up" {
-		t.Fatalf("got %+v, want up", e)
-	}
+	_, tun, _ := upTunnel(t)
 	const size = 4 << 20
 	h := sha256.New()
 	io.Copy(h, demo.Bytes(size))
@@ -335,14 +343,7 @@ func TestTunnelBulkTransfer(t *testing.T) {
 // large segments (offload.go) then never reach wireguard-go: it carries
 // bulk data whole too.
 func TestTunnelLocalBulkTransfer(t *testing.T) {
-	srv := startDemo(t)
-	tun := netstack.NewTunnel(netstack.TunnelOptions{})
-	defer tun.Close()
-	r := newReporter()
-	tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
-	if e := r.next(t, 10*time.Second); e.kind != "up" {
-		t.Fatalf("got %+v, want up", e)
-	}
+	_, tun, _ := upTunnel(t)
 	l, err := tun.Listen(context.Background(), "tcp4", 8080)
 	if err != nil {
 		t.Fatal(err)
@@ -382,14 +383,7 @@ func TestTunnelLocalBulkTransfer(t *testing.T) {
 // WaitReadable returns once there is something to read, without taking
 // it, and when the connection is closed under it.
 func TestTCPConnWaitReadable(t *testing.T) {
-	srv := startDemo(t)
-	tun := netstack.NewTunnel(netstack.TunnelOptions{})
-	defer tun.Close()
-	r := newReporter()
-	tun.Start(attempt(srv.ClientConfig(), 5*time.Second), r)
-	if e := r.next(t, 10*time.Second); e.kind != "up" {
-		t.Fatalf("got %+v, want up", e)
-	}
+	_, tun, _ := upTunnel(t)
 	dial := func() *netstack.TCPConn {
 		c, err := tun.DialContext(context.Background(), "tcp", netip.AddrPortFrom(demo.ServerIPv4, 80))
 		if err != nil {
