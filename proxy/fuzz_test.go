@@ -319,24 +319,37 @@ func FuzzSOCKS5Conn(f *testing.F) {
 		serveOne(t, c, srv.Serve, srv.Shutdown)
 		tun.close()
 
-		out, overflow := c.written()
-		if overflow {
-			t.Fatal("the server wrote more than 1 MiB")
-		}
+		out, dialed := checkFailClosed(t, m, c, tun, res, hostLookups)
 		tun.mu.Lock()
-		dialed, packetConns := slices.Clone(tun.dialed), len(tun.packetConns)
+		packetConns := len(tun.packetConns)
 		tun.mu.Unlock()
-		if n := hostLookups.Load(); n != 0 {
-			t.Fatalf("%d queries to the host's resolver", n)
-		}
 		if packetConns != 0 {
 			t.Fatalf("%d UDP sockets opened in the tunnel, with no datagram sent", packetConns)
 		}
-		if !m.open && (len(dialed) > 0 || res.numQueries() > 0) {
-			t.Fatalf("while blocked: dialed %v, resolved %q", dialed, res.queries)
-		}
 		checkSOCKS5Answer(t, m, in, out, dialed)
 	})
+}
+
+// checkFailClosed checks what every run of a front-end must hold once its
+// connection is done (the tunnel closed): at most 1 MiB written, nothing
+// asked of the host's resolver, nothing dialed or resolved while the gate
+// is blocked. It returns what the server wrote and what it dialed.
+func checkFailClosed(t *testing.T, m fuzzMode, c *scriptConn, tun *fakeTunnel, res *fakeResolver, hostLookups *atomic.Int64) (out []byte, dialed []netip.AddrPort) {
+	t.Helper()
+	out, overflow := c.written()
+	if overflow {
+		t.Fatal("the server wrote more than 1 MiB")
+	}
+	tun.mu.Lock()
+	dialed = slices.Clone(tun.dialed)
+	tun.mu.Unlock()
+	if n := hostLookups.Load(); n != 0 {
+		t.Fatalf("%d queries to the host's resolver", n)
+	}
+	if !m.open && (len(dialed) > 0 || res.numQueries() > 0) {
+		t.Fatalf("while blocked: dialed %v, resolved %q", dialed, res.queries)
+	}
+	return out, dialed
 }
 
 // checkSOCKS5Answer checks out, what the server wrote to a client that sent
@@ -537,19 +550,7 @@ func FuzzHTTPProxyRequest(f *testing.F) {
 		serveOne(t, c, srv.Serve, srv.Shutdown)
 		tun.close()
 
-		out, overflow := c.written()
-		if overflow {
-			t.Fatal("the server wrote more than 1 MiB")
-		}
-		tun.mu.Lock()
-		dialed := slices.Clone(tun.dialed)
-		tun.mu.Unlock()
-		if n := hostLookups.Load(); n != 0 {
-			t.Fatalf("%d queries to the host's resolver", n)
-		}
-		if !m.open && (len(dialed) > 0 || res.numQueries() > 0) {
-			t.Fatalf("while blocked: dialed %v, resolved %q", dialed, res.queries)
-		}
+		out, dialed := checkFailClosed(t, m, c, tun, res, hostLookups)
 		// Basic credentials that decode to alice:s3cretPW start so, in
 		// any encoding the proxy accepts.
 		authPrefix := base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))
