@@ -91,6 +91,8 @@ func TestResults(t *testing.T) {
 	cfg.phases = []string{"refusal"}
 	res := &results{cfg: cfg}
 	res.add("rss-idle", "idle", measured(10), measured(5))
+	res.add("rss-idle-anon", "anonymous", measured(4), measured(3))
+	res.add("rss-idle-file", "file", measured(6), measured(2))
 	res.add("refusal-p50", "p50", measured(1), notApplicable)
 	if got, want := strings.Join(res.missing(), ","), "refusal-p99,rss-refusal"; got != want {
 		t.Errorf("missing %q, want %q", got, want)

@@ -44,36 +44,42 @@ func procCPU(pid int) (user, sys time.Duration, err error) {
 	return time.Duration(ut) * tick, time.Duration(st) * tick, nil
 }
 
-// procMem returns a process's resident set size and its peak since start
-// or since resetPeak (VmRSS and VmHWM), in bytes.
-func procMem(pid int) (rss, peak int64, err error) {
+// memInfo is a process's memory, from /proc/PID/status, in bytes.
+type memInfo struct {
+	rss  int64 // VmRSS: resident now
+	peak int64 // VmHWM: the most resident since start or since resetPeak
+	anon int64 // RssAnon: resident anonymous memory (heap, stacks)
+	file int64 // RssFile: resident pages mapped from files, mostly the program's binary
+}
+
+// procMem reads a process's memInfo.
+func procMem(pid int) (memInfo, error) {
+	var m memInfo
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return m, err
 	}
 	defer f.Close()
+	fields := map[string]*int64{"VmRSS": &m.rss, "VmHWM": &m.peak, "RssAnon": &m.anon, "RssFile": &m.file}
 	sc := bufio.NewScanner(f)
 	found := 0
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || k != "VmRSS" && k != "VmHWM" {
+		dst := fields[k]
+		if !ok || dst == nil {
 			continue
 		}
 		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/%d/status: %s: %q", pid, k, v)
+			return m, fmt.Errorf("/proc/%d/status: %s: %q", pid, k, v)
 		}
-		if k == "VmRSS" {
-			rss = kb << 10
-		} else {
-			peak = kb << 10
-		}
+		*dst = kb << 10
 		found++
 	}
-	if found != 2 {
-		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS or VmHWM", pid)
+	if found != len(fields) {
+		return m, fmt.Errorf("/proc/%d/status: not all of VmRSS, VmHWM, RssAnon and RssFile", pid)
 	}
-	return rss, peak, sc.Err()
+	return m, sc.Err()
 }
 
 // resetPeak sets a process's VmHWM back to its VmRSS.

@@ -111,7 +111,7 @@ var rowOrder = []string{
 	"download", "upload", "parallel",
 	"ttfb-name-p50", "ttfb-name-p90", "ttfb-ip-p50", "ttfb-ip-p90",
 	"cpu-download", "cpu-download-tunnel", "cpu-upload", "cpu-upload-tunnel",
-	"rss-idle", "rss-download", "rss-upload", "rss-parallel", "rss-ttfb", "rss-scale", "rss-refusal",
+	"rss-idle", "rss-idle-anon", "rss-idle-file", "rss-download", "rss-upload", "rss-parallel", "rss-ttfb", "rss-scale", "rss-refusal",
 	"refusal-p50", "refusal-p99",
 	"scale-open", "scale-memory",
 }
@@ -125,7 +125,7 @@ func (r *results) sortRows() {
 
 // expectedKeys are the rows a run of cfg must produce.
 func expectedKeys(cfg config) []string {
-	keys := []string{"rss-idle"}
+	keys := []string{"rss-idle", "rss-idle-anon", "rss-idle-file"}
 	for _, p := range cfg.phases {
 		switch p {
 		case "download", "upload":

@@ -305,15 +305,22 @@ func (b *bench) idle(ctx context.Context) error {
 		return err
 	}
 	time.Sleep(idleSettle)
-	vals := map[string]value{}
+	rss, anon, file := map[string]value{}, map[string]value{}, map[string]value{}
 	for _, c := range b.clients {
-		rss, _, err := procMem(c.tunnel.pid())
+		m, err := procMem(c.tunnel.pid())
 		if err != nil {
 			return err
 		}
-		vals[c.name] = measured(float64(rss) / mib)
+		rss[c.name] = measured(float64(m.rss) / mib)
+		anon[c.name] = measured(float64(m.anon) / mib)
+		file[c.name] = measured(float64(m.file) / mib)
 	}
-	b.add("rss-idle", "RSS idle: connected, after one request (MiB)", vals)
+	b.add("rss-idle", "RSS idle: connected, after one request (MiB)", rss)
+	// The two parts of it: what the process allocated, and the pages of
+	// its binary that it has mapped (shared with the page cache, and about
+	// as large as the part of the binary it has touched, see RESULTS.md).
+	b.add("rss-idle-anon", "RSS idle, anonymous: heap and stacks (RssAnon, MiB)", anon)
+	b.add("rss-idle-file", "RSS idle, file-backed: the binary's mapped pages (RssFile, MiB)", file)
 	return nil
 }
 
@@ -331,7 +338,7 @@ func (b *bench) resetPeaks(phase string) error {
 // resetPeak resets the peak RSS of c's tunnel process, and notes its RSS
 // then: a peak is never below it, as Go keeps the heap it grew for a while.
 func (b *bench) resetPeak(phase string, c *client) error {
-	rss, _, err := procMem(c.tunnel.pid())
+	m, err := procMem(c.tunnel.pid())
 	if err != nil {
 		return err
 	}
@@ -343,9 +350,9 @@ func (b *bench) resetPeak(phase string, c *client) error {
 		d.names = append(d.names, phase)
 	}
 	if c.name == clientWarren {
-		d.warren = append(d.warren, float64(rss)/mib)
+		d.warren = append(d.warren, float64(m.rss)/mib)
 	} else {
-		d.reference = append(d.reference, float64(rss)/mib)
+		d.reference = append(d.reference, float64(m.rss)/mib)
 	}
 	return nil
 }
@@ -354,11 +361,11 @@ func (b *bench) resetPeak(phase string, c *client) error {
 func (b *bench) peaks(phase, what string) error {
 	vals := map[string]value{}
 	for _, c := range b.clients {
-		_, peak, err := procMem(c.tunnel.pid())
+		m, err := procMem(c.tunnel.pid())
 		if err != nil {
 			return err
 		}
-		vals[c.name] = measured(float64(peak) / mib)
+		vals[c.name] = measured(float64(m.peak) / mib)
 	}
 	b.add("rss-"+phase, "peak RSS (VmHWM) during "+what+" (MiB)", vals)
 	return nil
@@ -566,7 +573,7 @@ func (b *bench) scale(ctx context.Context) error {
 	sink := netip.AddrPortFrom(tunServer, sinkPort).String()
 	for _, c := range b.clients {
 		time.Sleep(idleSettle)
-		before, _, err := procMem(c.tunnel.pid())
+		before, err := procMem(c.tunnel.pid())
 		if err != nil {
 			return err
 		}
@@ -578,19 +585,19 @@ func (b *bench) scale(ctx context.Context) error {
 			return err
 		}
 		time.Sleep(scaleSettle)
-		after, hwm, err := procMem(c.tunnel.pid())
+		after, err := procMem(c.tunnel.pid())
 		if err != nil {
 			return err
 		}
 		open[c.name] = measured(resp.Seconds)
-		peak[c.name] = measured(float64(hwm) / mib)
+		peak[c.name] = measured(float64(after.peak) / mib)
 		if c.name == clientWarren {
-			perConn[c.name] = measured(float64(after-before) / float64(b.cfg.conns) / 1024)
+			perConn[c.name] = measured(float64(after.rss-before.rss) / float64(b.cfg.conns) / 1024)
 		} else {
 			perConn[c.name] = notApplicable // the kernel holds the connections, not wireguard-go
 		}
 		b.logf("%s: %d connections open in %.2f s; RSS %.1f -> %.1f MiB", c.name, b.cfg.conns, resp.Seconds,
-			float64(before)/mib, float64(after)/mib)
+			float64(before.rss)/mib, float64(after.rss)/mib)
 		if _, err := b.call(ctx, c, request{Op: "close"}); err != nil {
 			return err
 		}
@@ -664,7 +671,7 @@ func (b *bench) refusal(ctx context.Context) (err error) {
 	if st.State != "connecting" {
 		return fmt.Errorf("warren was %s, not connecting, at the end of the refusals", st.State)
 	}
-	_, hwm, err := procMem(w.tunnel.pid())
+	m, err := procMem(w.tunnel.pid())
 	if err != nil {
 		return err
 	}
@@ -680,6 +687,6 @@ func (b *bench) refusal(ctx context.Context) (err error) {
 			map[string]value{clientWarren: measured(percentile(resp.Samples, p) * 1e3), clientReference: notApplicable})
 	}
 	b.add("rss-refusal", "peak RSS (VmHWM) during the refusals (MiB)",
-		map[string]value{clientWarren: measured(float64(hwm) / mib), clientReference: notApplicable})
+		map[string]value{clientWarren: measured(float64(m.peak) / mib), clientReference: notApplicable})
 	return nil
 }
