@@ -3,31 +3,44 @@ package proxy
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 )
 
-// tcpPair returns both ends of a TCP connection on loopback.
+// tcpPair returns both ends of a TCP connection on loopback, closed when
+// the test ends.
 func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	a, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := l.Accept()
+	a, b, err := loopbackPair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a.(*net.TCPConn), b.(*net.TCPConn)
+}
+
+// loopbackPair returns both ends of a TCP connection on loopback.
+func loopbackPair() (net.Conn, net.Conn, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer l.Close()
+	a, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := l.Accept()
+	if err != nil {
+		a.Close()
+		return nil, nil, err
+	}
+	return a, b, nil
 }
 
 // waitReadable on a socket returns when there is data, without taking it,
@@ -63,6 +76,25 @@ func TestWaitReadableSocket(t *testing.T) {
 	}
 	if _, err := b.Read(got[:]); err != io.EOF {
 		t.Fatalf("read %v, want EOF", err)
+	}
+}
+
+// A reset is not lost to the wait: peeking takes the socket's error, so
+// waitReadable returns it, and the relay does not take the reset for EOF
+// (a cut upload would look finished to the destination).
+func TestWaitReadableSocketReset(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("waits on sockets only on Linux")
+	}
+	a, b := tcpPair(t)
+	a.Write([]byte("x"))
+	var got [1]byte
+	if _, err := io.ReadFull(b, got[:]); err != nil {
+		t.Fatal(err)
+	}
+	abort(a)
+	if err := waitReadable(b); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("waitReadable after a reset: %v, want ECONNRESET", err)
 	}
 }
 

@@ -51,6 +51,9 @@ type Forward struct {
 	host     string
 	port     uint16
 	initErr  error
+	// ctx ends when the forward closes, which cuts the relays.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// mu guards the fields below.
 	mu       sync.Mutex
@@ -63,6 +66,7 @@ func (f *Forward) init() error {
 	f.initOnce.Do(func() {
 		f.log = orDiscard(f.Logger).With("component", "forward", "to", f.Target)
 		f.closers = make(map[any]func())
+		f.ctx, f.cancel = context.WithCancel(context.Background())
 		f.host, f.port, f.initErr = splitHostPort(f.Target)
 	})
 	return f.initErr
@@ -140,7 +144,7 @@ func (f *Forward) ServeTCP(l net.Listener) error {
 			abort(c)
 			return true
 		}
-		if !f.track(c, func() { c.Close() }, true) {
+		if !f.track(c, func() { abort(c) }, true) {
 			release()
 			c.Close()
 			return false
@@ -173,7 +177,7 @@ func (f *Forward) forwardTCP(c net.Conn, admitted func()) {
 	defer release()
 	defer target.Close()
 	f.log.Debug("connection", "client", c.RemoteAddr().String())
-	relay(c, c, target)
+	relay(f.ctx, c, c, target)
 }
 
 // ServeUDP reads datagrams from pc and forwards them to Target, one tunnel
@@ -335,6 +339,7 @@ func (f *Forward) isClosed() bool {
 // without waiting.
 func (f *Forward) Close() error {
 	f.init()
+	f.cancel()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.closed = true
@@ -491,5 +496,5 @@ func (e *Expose) serve(ctx context.Context, c net.Conn, dial func(context.Contex
 	}
 	defer target.Close()
 	log.Debug("connection", "from", c.RemoteAddr().String())
-	relay(c, c, target)
+	relay(ctx, c, c, target)
 }

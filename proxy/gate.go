@@ -360,6 +360,13 @@ func (c *flowConn) Close() error {
 	return err
 }
 
+// Abort resets the flow (see abort): the destination sees it cut, not
+// finished.
+func (c *flowConn) Abort() {
+	abort(c.Conn)
+	c.once.Do(func() { c.g.unregister(c.f) })
+}
+
 // flowPacketConn is a UDP socket opened by the gate.
 type flowPacketConn struct {
 	net.PacketConn

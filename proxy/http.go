@@ -79,6 +79,9 @@ type HTTP struct {
 	srv       *http.Server
 	rp        *httputil.ReverseProxy
 	transport *http.Transport
+	// ctx ends when the server closes, which cuts the CONNECT tunnels.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// mu guards the fields below.
 	mu     sync.Mutex
@@ -100,6 +103,7 @@ func (s *HTTP) init() {
 			s.log = slog.New(slog.DiscardHandler)
 		}
 		s.log = s.log.With("component", "http-proxy")
+		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.conns = make(map[net.Conn]struct{})
 		s.tunnels = make(map[net.Conn]struct{})
 		var http1 http.Protocols
@@ -179,13 +183,14 @@ func (s *HTTP) Shutdown(ctx context.Context) error {
 }
 
 // Close stops accepting and closes every client connection, without waiting
-// for their handlers.
+// for their handlers; CONNECT tunnels are cut (reset).
 func (s *HTTP) Close() error {
 	s.init()
+	s.cancel()
 	s.mu.Lock()
 	s.closed = true
 	for c := range s.tunnels {
-		c.Close()
+		abort(c)
 	}
 	s.mu.Unlock()
 	// Not under mu: srv.Close waits for Serve, whose connState takes mu.
@@ -286,7 +291,7 @@ func (s *HTTP) connect(w http.ResponseWriter, r *http.Request) {
 	s.logRequest(r, http.StatusOK, nil)
 	// Bytes the client sent after the request (a TLS ClientHello, say)
 	// may already be in the server's buffer: they go first.
-	relay(client, &readAhead{r: buf.Reader, c: client}, target)
+	relay(s.ctx, client, &readAhead{r: buf.Reader, c: client}, target)
 }
 
 // connectTarget returns the host and port a CONNECT request asks for.

@@ -37,8 +37,11 @@ type fakeTunnel struct {
 	err    error                               // returned by every dial, if set
 	block  bool                                // dials wait for ctx to end
 	serve  func(to netip.AddrPort, c net.Conn) // default: echo
-	wg     sync.WaitGroup
-	conns  []net.Conn
+	// loopback makes dials return a loopback TCP connection rather than a
+	// net.Pipe: one that can half-close and be reset, as the tunnel's can.
+	loopback bool
+	wg       sync.WaitGroup
+	conns    []net.Conn
 
 	packetConns []*memPacketConn // see udp_test.go
 	sent        []string         // datagrams written to packetConns: "to data"
@@ -48,7 +51,7 @@ type fakeTunnel struct {
 func (f *fakeTunnel) DialContext(ctx context.Context, network string, to netip.AddrPort) (net.Conn, error) {
 	f.mu.Lock()
 	f.dialed = append(f.dialed, to)
-	err, block, serve := f.err, f.block, f.serve
+	err, block, serve, loopback := f.err, f.block, f.serve, f.loopback
 	f.mu.Unlock()
 	if block {
 		<-ctx.Done()
@@ -60,7 +63,14 @@ func (f *fakeTunnel) DialContext(ctx context.Context, network string, to netip.A
 	if serve == nil {
 		serve = func(_ netip.AddrPort, c net.Conn) { io.Copy(c, c) }
 	}
-	a, b := net.Pipe()
+	var a, b net.Conn
+	if loopback {
+		if a, b, err = loopbackPair(); err != nil {
+			return nil, err
+		}
+	} else {
+		a, b = net.Pipe()
+	}
 	f.mu.Lock()
 	f.conns = append(f.conns, b)
 	f.mu.Unlock()

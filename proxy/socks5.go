@@ -75,6 +75,9 @@ type SOCKS5 struct {
 	initOnce sync.Once
 	srv      *socks5.Server
 	log      *slog.Logger
+	// ctx ends when the server closes, which cuts the relays.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -91,6 +94,7 @@ func (s *SOCKS5) init() {
 			s.log = slog.New(slog.DiscardHandler)
 		}
 		s.log = s.log.With("component", "socks5")
+		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.listeners = make(map[net.Listener]struct{})
 		s.conns = make(map[net.Conn]struct{})
 		opts := []socks5.Option{
@@ -250,7 +254,7 @@ func (s *SOCKS5) isClosed() bool {
 	return s.closed
 }
 
-// Shutdown stops accepting, closes every client connection (ending their
+// Shutdown stops accepting, resets every client connection (cutting their
 // flows) and waits for their handlers to return, or for ctx to end.
 func (s *SOCKS5) Shutdown(ctx context.Context) error {
 	s.Close()
@@ -267,10 +271,11 @@ func (s *SOCKS5) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close stops accepting and closes every client connection, without waiting
-// for their handlers.
+// Close stops accepting and resets every client connection, cutting their
+// flows, without waiting for their handlers.
 func (s *SOCKS5) Close() error {
 	s.init()
+	s.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
@@ -278,7 +283,7 @@ func (s *SOCKS5) Close() error {
 		l.Close()
 	}
 	for c := range s.conns {
-		c.Close()
+		abort(c)
 	}
 	return nil
 }
@@ -327,7 +332,7 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	if br, ok := fromClient.(*bufio.Reader); ok {
 		fromClient = &readAhead{r: br, c: client} // go-socks5's, over client
 	}
-	return relay(client, fromClient, target)
+	return relay(s.ctx, client, fromClient, target)
 }
 
 // dial dials dest through the gate, resolving a name through the tunnel.
@@ -371,14 +376,21 @@ func boundAddr(c net.Conn) net.Addr {
 
 // relay copies both ways until both are done. A direction that ends cleanly
 // half-closes the other side, or closes both if that side cannot half-close;
-// an error on either side resets both (see abort). It copies one way in
-// the calling goroutine and the other in one more, through buffers that an
-// idle connection does not hold (see copyPooled).
-func relay(client net.Conn, fromClient io.Reader, target net.Conn) error {
+// an error on either side resets both (see abort), and so does the end of
+// ctx (the server's closing), even after one direction has ended. It copies
+// one way in the calling goroutine and the other in one more, through
+// buffers that an idle connection does not hold (see copyPooled).
+func relay(ctx context.Context, client net.Conn, fromClient io.Reader, target net.Conn) error {
 	var (
 		once  sync.Once
 		first error
 	)
+	// A goroutine only once ctx ends. After a half-close, nothing else
+	// would end a relay whose destination stays open and silent.
+	defer context.AfterFunc(ctx, func() {
+		abort(client)
+		abort(target)
+	})()
 	pipe := func(dst net.Conn, src io.Reader) {
 		err := copyPooled(dst, src)
 		if err == nil {
