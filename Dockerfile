@@ -31,4 +31,4 @@ ENV PATH=/usr/local/bin
 USER 65532:65532
 ENTRYPOINT ["warren"]
 CMD ["up"]
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["warren", "healthcheck"]
+HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=3 CMD ["warren", "healthcheck"]

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // dockerInstr is one instruction of a Dockerfile.
@@ -261,6 +262,12 @@ func TestDockerfile(t *testing.T) {
 	if !slices.Equal(healthArgv, []string{"warren", "healthcheck"}) {
 		t.Errorf("HEALTHCHECK CMD %q, want [warren healthcheck]", healthArgv)
 	}
+	// warren healthcheck gives up after 5 s (ctlTimeout in cmd/warren) and
+	// says why; Docker's own timeout must leave it that long, or Docker
+	// kills it first and the reason is lost.
+	if d := healthcheckTimeout(t, hc); d <= 5*time.Second {
+		t.Errorf("Dockerfile:%d: HEALTHCHECK --timeout=%v, want more than warren healthcheck's own 5s", hc.line, d)
+	}
 	path, ok := strings.CutPrefix(final.only(t, "ENV").args, "PATH=")
 	if !ok {
 		t.Fatalf("the final stage's ENV is %q, want PATH=… (scratch has no PATH)", final.only(t, "ENV").args)
@@ -403,4 +410,23 @@ func TestReleaseBuild(t *testing.T) {
 	if len(listed) != 2 {
 		t.Errorf("SHA256SUMS lists %d files, want 2:\n%s", len(listed), sums)
 	}
+}
+
+// healthcheckTimeout is a HEALTHCHECK's --timeout (Docker's default, 30s,
+// if it has none).
+func healthcheckTimeout(t *testing.T, hc dockerInstr) time.Duration {
+	t.Helper()
+	for _, f := range strings.Fields(hc.args) {
+		if f == "CMD" {
+			break
+		}
+		if v, ok := strings.CutPrefix(f, "--timeout="); ok {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				t.Fatalf("Dockerfile:%d: HEALTHCHECK --timeout=%q: %v", hc.line, v, err)
+			}
+			return d
+		}
+	}
+	return 30 * time.Second
 }
