@@ -87,6 +87,14 @@ func warrenBinary(t *testing.T) string {
 	return binPath
 }
 
+// removeWarrenBinary removes what warrenBinary built, once the tests are
+// done.
+func removeWarrenBinary() {
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+}
+
 // process is a warren started by a test, with its log lines (JSON) and
 // stdout collected.
 type process struct {

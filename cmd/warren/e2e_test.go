@@ -32,7 +32,10 @@ func TestMain(m *testing.M) {
 		probeMain(what) // this process is a probe of the host-mode suite
 		return
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		removeWarrenBinary()
+		os.Exit(code)
+	}))
 }
 
 // testLogger logs to the test's log.
