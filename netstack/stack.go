@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -24,9 +25,10 @@ import (
 
 const (
 	nicID = 1
-	// batchSize is how many packets one Read hands to wireguard-go, which
-	// encrypts and sends them as a batch.
-	batchSize = 64
+	// batchSize is the most packets one Read hands to wireguard-go, which
+	// encrypts and sends them as a batch. wireguard-go reads with the
+	// larger of this and its UDP bind's batch size, which is this on Linux.
+	batchSize = conn.IdealBatchSize
 	// queueLen is how many outbound packets (each TCP one a GSO segment of
 	// up to 64 KiB, see offload.go) the stack may queue for wireguard-go
 	// before it drops (TCP then backs off).
