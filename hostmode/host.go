@@ -180,7 +180,7 @@ func (h *Host) newTUN(cfg *config.Config) (netstack.HostTUN, error) {
 	defer h.mu.Unlock()
 	h.tun = t
 	h.noIPv6 = noIPv6
-	if noIPv6 && !h.warnedIPv6 && hasIPv6(cfg) {
+	if address, routes := configIPv6(cfg); noIPv6 && !h.warnedIPv6 && (address || routes) {
 		h.warnedIPv6 = true
 		h.log.Warn("IPv6 is off in this network namespace: the tunnel carries IPv4 alone, without the config's IPv6 addresses and routes; the kill switch blocks IPv6 all the same",
 			"why", why)
@@ -297,26 +297,20 @@ func (h *Host) setSrcValidMark() {
 	}
 }
 
-// hasIPv6 reports whether the config has an IPv6 address or routes some
-// IPv6 through a peer.
-func hasIPv6(cfg *config.Config) bool {
+// configIPv6 reports whether cfg gives the interface an IPv6 address, and
+// whether it routes some IPv6 through a peer.
+func configIPv6(cfg *config.Config) (address, routes bool) {
 	is6 := func(p netip.Prefix) bool { return p.Addr().Is6() }
-	if slices.ContainsFunc(cfg.Interface.Addresses, is6) {
-		return true
-	}
-	return slices.ContainsFunc(cfg.Peers, func(p config.Peer) bool { return slices.ContainsFunc(p.AllowedIPs, is6) })
+	address = slices.ContainsFunc(cfg.Interface.Addresses, is6)
+	routes = slices.ContainsFunc(cfg.Peers, func(p config.Peer) bool { return slices.ContainsFunc(p.AllowedIPs, is6) })
+	return address, routes
 }
 
 // carriesIPv6 reports whether the tunnel has an IPv6 address and routes
 // some IPv6 through a peer.
 func carriesIPv6(cfg *config.Config) bool {
-	has := slices.ContainsFunc(cfg.Interface.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
-	for _, p := range cfg.Peers {
-		if has && slices.ContainsFunc(p.AllowedIPs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
-			return true
-		}
-	}
-	return false
+	address, routes := configIPv6(cfg)
+	return address && routes
 }
 
 // Close stops the tunnel and removes what host mode made: the rules,

@@ -82,7 +82,8 @@ func setSrcValidMark() (changed bool, err error) {
 func strictRPFilter() bool {
 	paths, _ := filepath.Glob(filepath.Join(sysctlRoot, sysctlRPFilterGlob))
 	for _, p := range paths {
-		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == "1" {
+		name, _ := filepath.Rel(sysctlRoot, p)
+		if v, err := sysctlGet(name); err == nil && v == "1" {
 			return true
 		}
 	}
