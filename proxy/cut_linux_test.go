@@ -17,9 +17,7 @@ import (
 // both sides.
 func TestSOCKS5ShutdownEndsHalfClosedRelay(t *testing.T) {
 	h := newSOCKS(t)
-	h.tunnel.loopback = true
-	halfClosed, cut := make(chan struct{}), make(chan error, 1)
-	h.tunnel.serve = halfCloseServer(halfClosed, cut)
+	dest := h.tunnel.halfCloseDestination()
 	h.gate.Apply(connected)
 	rep, c := rawConnect(t, h.addr, 1, []byte{10, 77, 0, 1}, 80)
 	if rep != 0 {
@@ -27,34 +25,26 @@ func TestSOCKS5ShutdownEndsHalfClosedRelay(t *testing.T) {
 	}
 	defer c.Close()
 	io.WriteString(c, "request")
-	c.(*net.TCPConn).CloseWrite()
-	waitHalfClosed(t, halfClosed)
-	checkShutdownCuts(t, h.srv.Shutdown, c, cut)
+	dest.checkShutdownCuts(t, h.srv.Shutdown, c)
 }
 
 // The same for a CONNECT tunnel of the HTTP proxy.
 func TestHTTPShutdownEndsHalfClosedTunnel(t *testing.T) {
 	h := newHTTPProxy(t)
-	h.tunnel.loopback = true
-	halfClosed, cut := make(chan struct{}), make(chan error, 1)
-	h.tunnel.serve = halfCloseServer(halfClosed, cut)
+	dest := h.tunnel.halfCloseDestination()
 	h.gate.Apply(connected)
 	resp, _, c := rawConnectHTTP(t, h.addr, "10.77.0.1:443", "", "request")
 	if resp.StatusCode != 200 {
 		t.Fatalf("CONNECT: %s", resp.Status)
 	}
 	c.SetDeadline(time.Time{})
-	c.(*net.TCPConn).CloseWrite()
-	waitHalfClosed(t, halfClosed)
-	checkShutdownCuts(t, h.srv.Shutdown, c, cut)
+	dest.checkShutdownCuts(t, h.srv.Shutdown, c)
 }
 
 // The same for a TCP forward.
 func TestForwardShutdownEndsHalfClosedRelay(t *testing.T) {
 	h := newForward(t, "10.77.0.9:5432")
-	h.tunnel.loopback = true
-	halfClosed, cut := make(chan struct{}), make(chan error, 1)
-	h.tunnel.serve = halfCloseServer(halfClosed, cut)
+	dest := h.tunnel.halfCloseDestination()
 	h.gate.Apply(connected)
 	c, err := net.Dial("tcp", h.tcp)
 	if err != nil {
@@ -62,9 +52,7 @@ func TestForwardShutdownEndsHalfClosedRelay(t *testing.T) {
 	}
 	defer c.Close()
 	io.WriteString(c, "request")
-	c.(*net.TCPConn).CloseWrite()
-	waitHalfClosed(t, halfClosed)
-	checkShutdownCuts(t, h.fwd.Shutdown, c, cut)
+	dest.checkShutdownCuts(t, h.fwd.Shutdown, c)
 }
 
 // A flow cut on the client's side is reset on the destination's too: an
@@ -95,16 +83,28 @@ func TestSOCKS5ClientResetResetsDestination(t *testing.T) {
 	}
 }
 
-// halfCloseServer serves a destination that reads until the client's
-// half-close (and closes halfClosed), then stays open without a word until
-// its connection is reset (it sends cut the socket's error, or
+// halfCloseDest is a destination that reads until the client's half-close
+// (and closes halfClosed), then stays open without a word until its
+// connection is reset (it sends cut the socket's error, or
 // os.ErrDeadlineExceeded after 10 s).
-func halfCloseServer(halfClosed chan<- struct{}, cut chan<- error) func(netip.AddrPort, net.Conn) {
-	return func(_ netip.AddrPort, c net.Conn) {
+type halfCloseDest struct {
+	halfClosed chan struct{}
+	cut        chan error
+}
+
+// halfCloseDestination makes every connection through f a halfCloseDest's,
+// over loopback TCP, which can half-close and be reset.
+func (f *fakeTunnel) halfCloseDestination() *halfCloseDest {
+	d := &halfCloseDest{halfClosed: make(chan struct{}), cut: make(chan error, 1)}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loopback = true
+	f.serve = func(_ netip.AddrPort, c net.Conn) {
 		io.Copy(io.Discard, c)
-		close(halfClosed)
-		cut <- waitReset(c)
+		close(d.halfClosed)
+		d.cut <- waitReset(c)
 	}
+	return d
 }
 
 // waitReset waits until c, a TCP connection that has read its peer's FIN
@@ -134,35 +134,32 @@ func waitReset(c net.Conn) error {
 	return os.ErrDeadlineExceeded
 }
 
-func waitHalfClosed(t *testing.T, halfClosed <-chan struct{}) {
+// checkShutdownCuts half-closes c, the client's connection to d, and once d
+// has seen it calls shutdown, checking that it returns at once, that c is
+// reset and that d's connection is too.
+func (d *halfCloseDest) checkShutdownCuts(t *testing.T, shutdown func(context.Context) error, c net.Conn) {
 	t.Helper()
+	c.(*net.TCPConn).CloseWrite()
 	select {
-	case <-halfClosed:
+	case <-d.halfClosed:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the destination did not see the client's half-close")
 	}
-}
-
-// checkShutdownCuts calls shutdown and checks that it returns at once, that
-// the client's connection is reset and that the destination's is too (cut
-// gets its error).
-func checkShutdownCuts(t *testing.T, shutdown func(context.Context) error, c net.Conn, cut <-chan error) {
-	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()
 	if err := shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v after %v", err, time.Since(start))
 	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("Shutdown took %v", d)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Shutdown took %v", took)
 	}
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.Copy(io.Discard, c); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the client's connection ended with %v, want a reset", err)
 	}
 	select {
-	case err := <-cut:
+	case err := <-d.cut:
 		if !errors.Is(err, syscall.EPIPE) {
 			t.Errorf("the destination's connection ended with %v, want a reset (EPIPE, see waitReset)", err)
 		}

@@ -12,7 +12,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -160,44 +159,13 @@ func (c *scriptConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
 
-// oneConnListener hands out one connection, then waits to be closed.
-type oneConnListener struct {
-	conns     chan net.Conn
-	done      chan struct{}
-	closeOnce sync.Once
-}
-
-func newOneConnListener(c net.Conn) *oneConnListener {
-	l := &oneConnListener{conns: make(chan net.Conn, 1), done: make(chan struct{})}
-	l.conns <- c
-	return l
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *oneConnListener) Close() error {
-	l.closeOnce.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *oneConnListener) Addr() net.Addr {
-	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1080}
-}
-
 // serveOne serves c (as the one connection of a listener), waits until the
 // server has closed it, and shuts the server down; serve must return
 // ErrServerClosed. It fails the test if that takes longer than fuzzTimeout.
 func serveOne(t *testing.T, c *scriptConn, serve func(net.Listener) error, shutdown func(context.Context) error) {
 	t.Helper()
 	served := make(chan error, 1)
-	go func() { served <- serve(newOneConnListener(c)) }()
+	go func() { served <- serve(newPipeListener(c)) }()
 	timer := time.NewTimer(fuzzTimeout)
 	defer timer.Stop()
 	select {
@@ -625,21 +593,4 @@ func (r *recordedHeaders) all() []http.Header {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.headers)
-}
-
-// serveHTTPOn serves HTTP with handler on the one connection c, until it
-// closes.
-func serveHTTPOn(c net.Conn, handler http.HandlerFunc) {
-	l := &pipeListener{conns: make(chan net.Conn, 1), done: make(chan struct{})}
-	l.conns <- c
-	srv := &http.Server{
-		Handler:  handler,
-		ErrorLog: log.New(io.Discard, "", 0),
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateClosed || s == http.StateHijacked {
-				l.Close()
-			}
-		},
-	}
-	srv.Serve(l)
 }

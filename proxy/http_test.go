@@ -84,20 +84,23 @@ func newHTTPProxy(t *testing.T, configure ...func(*HTTP)) *httpHarness {
 func (h *httpHarness) upstream(handler http.HandlerFunc) {
 	h.tunnel.mu.Lock()
 	defer h.tunnel.mu.Unlock()
-	h.tunnel.serve = func(_ netip.AddrPort, c net.Conn) {
-		l := &pipeListener{conns: make(chan net.Conn, 1), done: make(chan struct{})}
-		l.conns <- c
-		srv := &http.Server{
-			Handler:  handler,
-			ErrorLog: log.New(io.Discard, "", 0),
-			ConnState: func(_ net.Conn, s http.ConnState) {
-				if s == http.StateClosed || s == http.StateHijacked {
-					l.Close()
-				}
-			},
-		}
-		srv.Serve(l)
+	h.tunnel.serve = func(_ netip.AddrPort, c net.Conn) { serveHTTPOn(c, handler) }
+}
+
+// serveHTTPOn serves HTTP with handler on the one connection c, until it
+// closes.
+func serveHTTPOn(c net.Conn, handler http.HandlerFunc) {
+	l := newPipeListener(c)
+	srv := &http.Server{
+		Handler:  handler,
+		ErrorLog: log.New(io.Discard, "", 0),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				l.Close()
+			}
+		},
 	}
+	srv.Serve(l)
 }
 
 // pipeListener hands out one connection, then waits to be closed.
@@ -105,6 +108,12 @@ type pipeListener struct {
 	conns chan net.Conn
 	done  chan struct{}
 	once  sync.Once
+}
+
+func newPipeListener(c net.Conn) *pipeListener {
+	l := &pipeListener{conns: make(chan net.Conn, 1), done: make(chan struct{})}
+	l.conns <- c
+	return l
 }
 
 func (l *pipeListener) Accept() (net.Conn, error) {
