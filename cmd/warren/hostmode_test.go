@@ -327,6 +327,30 @@ func (rp *realPeer) snapshotNS() string {
 	return b.String()
 }
 
+// wantNamespace fails the test if the namespace is not as before, a
+// snapshotNS taken before warren started; when says at which point.
+func (rp *realPeer) wantNamespace(when, before string) {
+	rp.t.Helper()
+	if after := rp.snapshotNS(); after != before {
+		rp.t.Errorf("%s, the namespace differs:\nbefore:\n%s\nafter:\n%s", when, before, after)
+	}
+}
+
+// downRestores runs warren down for the test's TUN and checks that it put
+// the namespace back as it was before warren started (before, a
+// snapshotNS) and that the internet is in reach again. It returns what
+// warren down printed.
+func (rp *realPeer) downRestores(before string) string {
+	rp.t.Helper()
+	out := rp.in(rp.cliNS, warrenBinary(rp.t), "down", "--tun", "wt"+rp.id)
+	rp.t.Logf("warren down: %s", strings.TrimSpace(out))
+	rp.wantNamespace("after warren down", before)
+	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
+		rp.t.Errorf("after warren down: the internet: %+v", pr)
+	}
+	return out
+}
+
 func TestHostMode(t *testing.T) {
 	rp := newRealPeer(t)
 	rp.setPathCounters()
@@ -411,14 +435,7 @@ func TestHostMode(t *testing.T) {
 	if n := rp.pathCounter("direct"); n != 0 {
 		t.Errorf("after kill -9: %d packets left directly", n)
 	}
-	downOut := rp.in(rp.cliNS, warrenBinary(t), "down", "--tun", "wt"+rp.id)
-	t.Logf("warren down: %s", strings.TrimSpace(downOut))
-	if after := rp.snapshotNS(); after != before {
-		t.Errorf("after warren down, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
-		t.Errorf("after warren down: the internet: %+v", pr)
-	}
+	rp.downRestores(before)
 }
 
 // Without --lockdown, a clean stop removes everything too.
@@ -430,9 +447,7 @@ func TestHostModeStopCleansUp(t *testing.T) {
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	if after := rp.snapshotNS(); after != before {
-		t.Errorf("after a clean stop, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
+	rp.wantNamespace("after a clean stop", before)
 }
 
 // Transitions: 50 cycles of connect, reconnect and disconnect (with
@@ -788,9 +803,7 @@ func TestHostModeRestartAfterCrash(t *testing.T) {
 	if code := p2.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	if after := rp.snapshotNS(); after != before {
-		t.Errorf("after the second warren stopped, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
+	rp.wantNamespace("after the second warren stopped", before)
 }
 
 // With --lockdown, a clean stop (SIGTERM: an orchestrator restarting the
@@ -830,16 +843,8 @@ func TestHostModeLockdownStopStaysClosed(t *testing.T) {
 	if n := rp.pathCounter("direct"); n != 0 {
 		t.Errorf("after a clean stop with --lockdown: %d packets left directly", n)
 	}
-	out := rp.in(rp.cliNS, warrenBinary(t), "down", "--tun", "wt"+rp.id)
-	t.Logf("warren down: %s", strings.TrimSpace(out))
-	if !strings.Contains(out, "table inet warren") {
+	if out := rp.downRestores(before); !strings.Contains(out, "table inet warren") {
 		t.Errorf("warren down did not find the table: %s", out)
-	}
-	if after := rp.snapshotNS(); after != before {
-		t.Errorf("after warren down, the namespace differs:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-	if pr := rp.probe("http:http://" + rpInternet.String() + "/"); !pr.ok {
-		t.Errorf("after warren down: the internet: %+v", pr)
 	}
 }
 
